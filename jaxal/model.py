@@ -1,0 +1,228 @@
+"""The pure-function model protocol every jaxal strategy works on.
+
+jaxal does not own the user's network. A :class:`Model` is two pure functions and
+their parameters::
+
+    logits(x) = head(params["head"], features(params["body"], x))
+
+The body/head split is what BADGE (gradients of the head), coreset and TypiClust
+(penultimate features), last-layer CRC and head-only NTKs need. Non-trainable
+collections (BatchNorm statistics) are closed over in inference mode, so the
+empirical NTK of a ``Model`` is the kernel of a fixed function of its params and is
+positive semi-definite.
+
+Shapes: ``x`` is a batch ``[n, ...]``; ``features`` returns ``[n, d]``; ``head``
+returns ``[n, C]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+Params = Any
+Array = jax.Array
+
+__all__ = ["Model", "from_linen", "from_nnx", "from_functions"]
+
+
+@struct.dataclass
+class Model:
+    """A network as pure functions plus parameters (a pytree; safe to pass to ``jit``).
+
+    Attributes:
+      features: ``features(params_body, x, key=None) -> h`` with ``x: [n, ...]`` and
+        ``h: [n, d]``. ``key`` is a ``jax.random`` key for stochastic passes (MC
+        dropout); ``None`` means deterministic inference.
+      head: ``head(params_head, h) -> logits [n, C]``.
+      params: ``{"body": ..., "head": ...}``, the trainable parameters.
+      dense_head: True when ``head`` is exactly ``h @ params_head["kernel"] +
+        params_head["bias"]`` (kernel ``[d, C]``, bias ``[C]``); unlocks exact closed
+        forms (head NTK, BADGE and EGL fast paths, CRC's dual trick).
+      stochastic: True when ``features`` uses ``key`` (dropout), enabling BALD.
+    """
+
+    features: Callable[..., Array] = struct.field(pytree_node=False)
+    head: Callable[[Params, Array], Array] = struct.field(pytree_node=False)
+    params: Params
+    dense_head: bool = struct.field(pytree_node=False, default=False)
+    stochastic: bool = struct.field(pytree_node=False, default=False)
+
+    def apply(self, params: Params, x: Array, key: Array | None = None) -> Array:
+        """Logits ``[n, C]`` of ``x`` under ``params`` (``{"body", "head"}``)."""
+        return self.head(params["head"], self.features(params["body"], x, key))
+
+    def logits(self, x: Array, key: Array | None = None) -> Array:
+        """Logits ``[n, C]`` of ``x`` under the model's own params."""
+        return self.apply(self.params, x, key)
+
+    def embed(self, x: Array, key: Array | None = None) -> Array:
+        """Penultimate features ``[n, d]`` of ``x``."""
+        return self.features(self.params["body"], x, key)
+
+    def replace_params(self, params: Params) -> "Model":
+        """The same functions with other parameters."""
+        return self.replace(params=params)
+
+
+def from_functions(
+    features: Callable[..., Array],
+    head: Callable[[Params, Array], Array],
+    params: Params,
+    *,
+    dense_head: bool = False,
+    stochastic: bool = False,
+) -> Model:
+    """Build a :class:`Model` from plain functions.
+
+    ``features`` may take ``(params_body, x)`` or ``(params_body, x, key)``.
+    """
+    if not isinstance(params, Mapping) or set(params) != {"body", "head"}:
+        raise ValueError("params must be a mapping with exactly the keys 'body' and 'head'")
+    feats = features
+    try:
+        import inspect
+
+        n_args = len(inspect.signature(features).parameters)
+    except (TypeError, ValueError):  # builtins, odd callables: assume (params, x, key)
+        n_args = 3
+    if n_args < 3:
+        def feats(p, x, key=None, _f=features):  # noqa: E306 - adapt a key-less function
+            return _f(p, x)
+
+    return Model(features=feats, head=head, params=dict(params), dense_head=dense_head, stochastic=stochastic)
+
+
+def _is_dense_params(p: Any) -> bool:
+    return (
+        isinstance(p, Mapping)
+        and set(p) == {"kernel", "bias"}
+        and getattr(p["kernel"], "ndim", 0) == 2
+        and getattr(p["bias"], "ndim", 0) == 1
+    )
+
+
+def from_linen(
+    module: nn.Module,
+    variables: Mapping[str, Any],
+    *,
+    head: str = "head",
+    features: str = "features",
+    inference_kwargs: Mapping[str, Any] | None = None,
+    stochastic_kwargs: Mapping[str, Any] | None = None,
+) -> Model:
+    """Adapt a Flax linen module and its variables to a :class:`Model`.
+
+    The module must expose a method named ``features`` (penultimate representation)
+    and a submodule attribute named ``head`` defined in ``setup`` (so it can be called
+    on its own). Collections other than ``"params"`` (``batch_stats``, ...) are closed
+    over and the module is applied with ``inference_kwargs`` (e.g. ``{"train":
+    False}``) so BatchNorm uses its running averages. When ``features`` is called with
+    a key, ``stochastic_kwargs`` are used instead and the key is passed as the
+    ``"dropout"`` rng (MC dropout with frozen BatchNorm).
+
+    Args:
+      module: the linen module (unbound).
+      variables: its variables, ``{"params": ..., "batch_stats": ...}``.
+      head: attribute name of the head submodule; its params ``variables["params"][head]``.
+      features: name of the method returning the penultimate features.
+      inference_kwargs: keyword arguments for a deterministic pass.
+      stochastic_kwargs: keyword arguments for a pass with a dropout key;
+        ``None`` makes the model deterministic (``stochastic=False``).
+    """
+    if "params" not in variables:
+        raise ValueError("variables must contain a 'params' collection")
+    all_params = variables["params"]
+    if head not in all_params:
+        raise ValueError(
+            f"head={head!r} is not a top-level params entry; found {sorted(all_params)}"
+        )
+    if not hasattr(module, features):
+        raise ValueError(f"module {type(module).__name__} has no method {features!r}")
+    body_params = {k: v for k, v in all_params.items() if k != head}
+    head_params = all_params[head]
+    frozen = {k: v for k, v in variables.items() if k != "params"}
+    inf_kwargs = dict(inference_kwargs or {})
+    sto_kwargs = None if stochastic_kwargs is None else dict(stochastic_kwargs)
+    method = getattr(type(module), features)
+
+    def features_fn(params_body, x, key=None):
+        vs = {"params": {**params_body, head: head_params}, **frozen}
+        if key is None or sto_kwargs is None:
+            return module.apply(vs, x, method=method, **inf_kwargs)
+        return module.apply(vs, x, method=method, rngs={"dropout": key}, **sto_kwargs)
+
+    def call_head(m, h):
+        return getattr(m, head)(h)
+
+    def head_fn(params_head, h):
+        return module.apply({"params": {**body_params, head: params_head}, **frozen}, h, method=call_head)
+
+    dense = False
+    if _is_dense_params(head_params):
+        try:
+            bound = module.bind(variables)
+            dense = type(getattr(bound, head)) is nn.Dense
+        except Exception:  # pragma: no cover - modules whose head is built in compact
+            dense = False
+    return Model(
+        features=features_fn,
+        head=head_fn,
+        params={"body": body_params, "head": head_params},
+        dense_head=dense,
+        stochastic=sto_kwargs is not None,
+    )
+
+
+def from_nnx(module: Any, *, head: str = "head", features: str = "features") -> Model:
+    """Adapt a Flax NNX module to a :class:`Model`.
+
+    The module must have a ``features`` method and a ``head`` attribute (a submodule).
+    ``nnx.Param`` state is split into body and head; every other state (BatchNorm
+    statistics, rng counters) is frozen as it is, so put the module in evaluation mode
+    (``module.eval()``) first. The NNX adapter is deterministic (no MC-dropout key).
+    """
+    from flax import nnx
+
+    if not hasattr(module, features):
+        raise ValueError(f"module {type(module).__name__} has no method {features!r}")
+    if not hasattr(module, head):
+        raise ValueError(f"module {type(module).__name__} has no submodule {head!r}")
+    graphdef, params_state, rest = nnx.split(module, nnx.Param, ...)
+    pure = params_state.to_pure_dict()
+    if head not in pure:
+        raise ValueError(f"head={head!r} holds no nnx.Param; found {sorted(pure)}")
+    body_params = {k: v for k, v in pure.items() if k != head}
+    head_params = pure[head]
+
+    def _merged(params_pure):
+        state = nnx.State(params_state)  # a fresh copy to fill
+        nnx.replace_by_pure_dict(state, params_pure)
+        return nnx.merge(graphdef, state, rest)
+
+    def features_fn(params_body, x, key=None):
+        m = _merged({**params_body, head: head_params})
+        return getattr(m, features)(x)
+
+    def head_fn(params_head, h):
+        m = _merged({**body_params, head: params_head})
+        return getattr(m, head)(h)
+
+    dense = _is_dense_params(head_params) and type(getattr(module, head)).__name__ == "Linear"
+    return Model(
+        features=features_fn,
+        head=head_fn,
+        params={"body": body_params, "head": head_params},
+        dense_head=dense,
+        stochastic=False,
+    )
+
+
+def num_classes(model: Model, x_example: Array) -> int:
+    """Number of logits ``C``, found by shape inference (no FLOPs)."""
+    out = jax.eval_shape(lambda x: model.logits(x), jnp.asarray(x_example[:1]))
+    return int(out.shape[-1])
