@@ -193,14 +193,14 @@ def from_nnx(module: Any, *, head: str = "head", features: str = "features") -> 
     if not hasattr(module, head):
         raise ValueError(f"module {type(module).__name__} has no submodule {head!r}")
     graphdef, params_state, rest = nnx.split(module, nnx.Param, ...)
-    pure = params_state.to_pure_dict()
+    pure = nnx.to_pure_dict(params_state)
     if head not in pure:
         raise ValueError(f"head={head!r} holds no nnx.Param; found {sorted(pure)}")
     body_params = {k: v for k, v in pure.items() if k != head}
     head_params = pure[head]
 
     def _merged(params_pure):
-        state = nnx.State(params_state)  # a fresh copy to fill
+        state = jax.tree_util.tree_map(lambda a: a, params_state)  # a fresh container to fill
         nnx.replace_by_pure_dict(state, params_pure)
         return nnx.merge(graphdef, state, rest)
 

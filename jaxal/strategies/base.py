@@ -118,15 +118,15 @@ def make_context(
     check_finite("x_pool", x_pool)
     check_finite("x_labeled", x_labeled)
     check_same_length(x_labeled=x_labeled, y_labeled=y_labeled)
-    if num_classes is None:
-        num_classes = _num_classes(model, np.asarray(x_pool))
-    y = np.asarray(y_labeled)
-    check_labels("y_labeled", y, num_classes)
     if np.shape(x_labeled)[1:] != np.shape(x_pool)[1:] and np.shape(x_labeled)[0] > 0:
         raise ValueError(
             f"x_labeled rows have shape {np.shape(x_labeled)[1:]} but x_pool rows have "
             f"shape {np.shape(x_pool)[1:]}"
         )
+    if num_classes is None:
+        num_classes = _num_classes(model, np.asarray(x_pool))
+    y = np.asarray(y_labeled)
+    check_labels("y_labeled", y, num_classes)
     return Context(model, x_labeled, y.astype(np.int32), x_pool, int(num_classes), state, round)
 
 

@@ -1,0 +1,91 @@
+"""Registry, input validation and the uncertainty baselines, checked by hand."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxal
+from jaxal.strategies import uncertainty
+from jaxal.strategies.base import Query, register
+
+
+class Lin(nn.Module):
+    def setup(self):
+        self.body = nn.Dense(4)
+        self.head = nn.Dense(3)
+
+    def features(self, x):
+        return self.body(x)
+
+    def __call__(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    net = Lin()
+    x = jax.random.normal(jax.random.key(0), (30, 5))
+    m = jaxal.from_linen(net, net.init(jax.random.key(1), x))
+    return m, x
+
+
+def _select(name, setup, budget=5, **kw):
+    m, x = setup
+    defaults = dict(x_labeled=x[:4], y_labeled=np.array([0, 1, 2, 0]), x_pool=x[4:], budget=budget)
+    defaults.update(kw)
+    return jaxal.select(name, jax.random.key(7), m, **defaults)
+
+
+def test_scores_match_textbook_formulas():
+    p = jnp.array([[0.5, 0.3, 0.2], [1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]])
+    np.testing.assert_allclose(uncertainty.least_confidence_scores(p), [0.5, 0.0, 2 / 3], rtol=1e-6)
+    np.testing.assert_allclose(uncertainty.margin_scores(p), [-0.2, -1.0, 0.0], atol=1e-6)
+    expected = [-(0.5 * np.log(0.5) + 0.3 * np.log(0.3) + 0.2 * np.log(0.2)), 0.0, np.log(3)]
+    np.testing.assert_allclose(uncertainty.entropy_scores(p), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,score", [("entropy", uncertainty.entropy_scores),
+                                        ("margin", uncertainty.margin_scores),
+                                        ("least_confidence", uncertainty.least_confidence_scores)])
+def test_uncertainty_strategies_pick_the_top_scores(setup, name, score):
+    m, x = setup
+    idx = _select(name, setup, budget=5)
+    s = np.asarray(score(jax.nn.softmax(m.logits(x[4:]))))
+    assert set(idx) == set(np.argsort(-s)[:5])
+
+
+def test_random_is_distinct_and_in_range(setup):
+    idx = _select("random", setup, budget=26)
+    assert sorted(idx) == list(range(26))
+
+
+def test_registry_lists_and_rejects_names(setup):
+    assert {"random", "entropy", "margin", "least_confidence"} <= set(jaxal.strategy_names())
+    with pytest.raises(ValueError, match="valid: .*entropy"):
+        _select("entropi", setup)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(budget=27), "larger than the pool"),
+    (dict(budget=0), "positive"),
+    (dict(budget=2.5), "integer"),
+    (dict(y_labeled=np.array([0, 1, 3, 0])), r"outside \[0, 3\)"),
+    (dict(y_labeled=np.array([0, 1, 2])), "mismatched lengths"),
+    (dict(x_pool=np.full((5, 5), np.nan)), "x_pool contains 25 NaN"),
+    (dict(x_pool=np.zeros((0, 5))), "x_pool is empty"),
+    (dict(x_pool=np.zeros((5, 4))), "shape"),
+])
+def test_bad_inputs_are_named(setup, kw, match):
+    with pytest.raises(ValueError, match=match):
+        _select("entropy", setup, **kw)
+
+
+def test_returned_queries_are_checked(setup):
+    @register("_dup_for_test")
+    def dup(key, ctx, budget):
+        return Query(indices=np.zeros(budget, dtype=int))
+
+    with pytest.raises(RuntimeError, match="duplicate"):
+        _select("_dup_for_test", setup, budget=3)
