@@ -1,0 +1,249 @@
+"""Data sets as numpy arrays, initial labeled sets and candidate subsamples.
+
+Every loader returns a :class:`Dataset` of numpy arrays: ``x`` float32 ``[n, ...]``,
+``y`` int32 ``[n]``. Normalisation uses training statistics only:
+
+- ``digits`` (scikit-learn, 1,797 8x8 images, no download): pixels scaled to [0, 1]
+  and standardised per feature -> ``[n, 64]``; a seeded stratified 75/25 split.
+- ``mnist1d`` (built offline by the ``mnist1d`` package with its default arguments;
+  option ``num_samples``) -> ``[n, 40]``, standardised per feature; its own split.
+- TFDS ``mnist``, ``fashion_mnist``, ``svhn_cropped``, ``cifar10``, ``cifar100``
+  through ``tfds.data_source`` (ArrayRecord, no TensorFlow): images -> ``[n, H, W,
+  C]`` scaled to [0, 1] and standardised per channel; options ``max_train`` /
+  ``max_test`` keep the first records; ``data_dir`` points TFDS at its files.
+- a local ``*.npz`` holding ``x_train, y_train, x_test, y_test`` (used as stored).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from jaxal.validation import check_finite, check_labels, check_same_length
+
+__all__ = ["Dataset", "names", "load", "initial_indices", "subsample", "TFDS_NUM_CLASSES"]
+
+TFDS_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "svhn_cropped": 10, "cifar10": 10, "cifar100": 100}
+
+
+class Dataset(NamedTuple):
+    """A labeled data set with a train/test split.
+
+    Attributes:
+      name: the name it was loaded by.
+      x_train: float32 ``[n, ...]``.
+      y_train: int32 ``[n]`` in ``[0, num_classes)``.
+      x_test: float32 ``[m, ...]``.
+      y_test: int32 ``[m]``.
+      num_classes: ``C``.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+
+def _standardise(x_train: np.ndarray, x_test: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Subtract the training mean and divide by the training std over ``axes``
+    (constant features are only centred)."""
+    mean = x_train.mean(axis=axes, keepdims=True, dtype=np.float64)
+    std = x_train.std(axis=axes, keepdims=True, dtype=np.float64)
+    std = np.where(std > 0, std, 1.0)
+    return (
+        ((x_train - mean) / std).astype(np.float32),
+        ((x_test - mean) / std).astype(np.float32),
+    )
+
+
+def _finish(name: str, x_train, y_train, x_test, y_test, num_classes: int | None = None) -> Dataset:
+    """Cast, validate and pack."""
+    x_train = np.asarray(x_train, dtype=np.float32)
+    x_test = np.asarray(x_test, dtype=np.float32)
+    check_same_length(x_train=x_train, y_train=y_train)
+    check_same_length(x_test=x_test, y_test=y_test)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(f"x_train examples {x_train.shape[1:]} and x_test examples {x_test.shape[1:]} differ in shape")
+    check_finite("x_train", x_train)
+    check_finite("x_test", x_test)
+    if num_classes is None:
+        num_classes = int(max(np.max(y_train, initial=0), np.max(y_test, initial=0))) + 1
+    check_labels("y_train", y_train, num_classes)
+    check_labels("y_test", y_test, num_classes)
+    return Dataset(name, x_train, np.asarray(y_train).astype(np.int32), x_test, np.asarray(y_test).astype(np.int32),
+                   int(num_classes))
+
+
+def _load_digits(seed: int = 0, test_fraction: float = 0.25) -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    d = load_digits()
+    x = d.data.astype(np.float32) / 16.0
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, d.target, test_size=test_fraction, stratify=d.target, random_state=int(seed)
+    )
+    x_tr, x_te = _standardise(x_tr, x_te, axes=(0,))
+    return _finish("digits", x_tr, y_tr, x_te, y_te, 10)
+
+
+def _load_mnist1d(seed: int = 0, num_samples: int | None = None) -> Dataset:
+    """MNIST-1D with the package's default arguments (its own seed 42: the canonical
+    data set); ``num_samples`` changes the total size (80/20 split)."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    if num_samples is not None:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 10:
+            raise ValueError(f"num_samples must be an integer >= 10, got {num_samples!r}")
+        args.num_samples = num_samples
+    d = make_dataset(args)
+    x_tr, x_te = _standardise(np.asarray(d["x"], np.float32), np.asarray(d["x_test"], np.float32), axes=(0,))
+    return _finish("mnist1d", x_tr, d["y"], x_te, d["y_test"], 10)
+
+
+def _read_records(source: Any, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Stack ``image`` and ``label`` of the first ``limit`` records of a TFDS data source."""
+    n = len(source)
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_train/max_test must be a positive integer, got {limit!r}")
+        n = min(n, limit)
+    images, labels = [], []
+    chunk = 4096
+    for start in range(0, n, chunk):
+        keys = list(range(start, min(n, start + chunk)))
+        try:  # ArrayRecord reads a list of keys in one call
+            records = source.__getitems__(keys)
+        except (AttributeError, TypeError):  # sources without batched reads
+            records = [source[i] for i in keys]
+        for r in records:
+            images.append(np.asarray(r["image"]))
+            labels.append(int(r["label"]))
+    if not images:
+        raise ValueError("the TFDS split holds no records")
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def _images_to_float(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    return x / 255.0
+
+
+def _load_tfds(name: str, seed: int = 0, data_dir: str | None = None, max_train: int | None = None,
+               max_test: int | None = None, download: bool = True) -> Dataset:
+    import tensorflow_datasets as tfds
+
+    sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=download)
+    x_tr, y_tr = _read_records(sources[0], max_train)
+    x_te, y_te = _read_records(sources[1], max_test)
+    x_tr, x_te = _standardise(_images_to_float(x_tr), _images_to_float(x_te), axes=(0, 1, 2))
+    return _finish(name, x_tr, y_tr, x_te, y_te, TFDS_NUM_CLASSES[name])
+
+
+def _load_npz(path: str, num_classes: int | None = None) -> Dataset:
+    if not os.path.exists(path):
+        raise ValueError(f"no such .npz file: {path}")
+    with np.load(path, allow_pickle=False) as f:
+        required = ("x_train", "y_train", "x_test", "y_test")
+        missing = [k for k in required if k not in f.files]
+        if missing:
+            raise ValueError(f"{path} is missing array(s) {', '.join(missing)}; it has {', '.join(f.files) or 'none'}")
+        arrays = {k: np.asarray(f[k]) for k in required}
+    return _finish(os.path.basename(path), arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                   num_classes)
+
+
+_LOADERS: dict[str, Callable[..., Dataset]] = {
+    "digits": _load_digits,
+    "mnist1d": _load_mnist1d,
+    **{name: (lambda name: lambda **kw: _load_tfds(name, **kw))(name) for name in TFDS_NUM_CLASSES},
+}
+
+
+def names() -> list[str]:
+    """Names :func:`load` knows (a path ending in ``.npz`` works too)."""
+    return sorted(_LOADERS)
+
+
+def load(name: str, *, seed: int = 0, data_dir: str | None = None, **options: Any) -> Dataset:
+    """Load a data set by name (see the module docstring) or from a ``.npz`` path.
+
+    Args:
+      name: one of :func:`names`, or a path ending in ``.npz``.
+      seed: seeds the train/test split of sets without one (``digits``).
+      data_dir: TFDS data directory (TFDS sets only).
+      **options: ``num_samples`` (mnist1d), ``max_train``/``max_test``/``download``
+        (TFDS), ``test_fraction`` (digits), ``num_classes`` (npz).
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"dataset name must be a string, got {name!r}")
+    try:
+        if name.endswith(".npz"):
+            return _load_npz(name, **options)
+        if name not in _LOADERS:
+            raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(names())}, or a path ending in .npz")
+        if name in TFDS_NUM_CLASSES:
+            return _LOADERS[name](seed=seed, data_dir=data_dir, **options)
+        return _LOADERS[name](seed=seed, **options)
+    except TypeError as e:  # unknown option
+        raise ValueError(f"bad options for dataset {name!r}: {e}") from None
+
+
+def _check_size(size: Any, n: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    if size > n:
+        raise ValueError(f"size={size} is larger than the {n} examples available")
+    return int(size)
+
+
+def initial_indices(key: jax.Array, y: Any, size: int, *, balanced: bool = False,
+                    num_classes: int | None = None) -> np.ndarray:
+    """Indices (sorted, int64) of an initial labeled set of ``size`` examples.
+
+    ``balanced=False``: uniform without replacement. ``balanced=True``: ``size / C``
+    examples of each class (the CRC paper's initial set), which needs ``size``
+    divisible by ``C`` and every class to have that many examples. ``C`` is
+    ``num_classes`` or ``max(y) + 1``.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1 or y.size == 0:
+        raise ValueError(f"y must be non-empty 1-D labels, got shape {y.shape}")
+    size = _check_size(size, y.shape[0])
+    if not balanced:
+        return np.sort(np.asarray(jax.random.permutation(key, y.shape[0]))[:size]).astype(np.int64)
+    c = int(y.max()) + 1 if num_classes is None else int(num_classes)
+    check_labels("y", y, c)
+    if size % c != 0:
+        raise ValueError(f"a balanced initial set needs size divisible by the {c} classes, got size={size}")
+    per_class = size // c
+    chosen = []
+    for cls, k in zip(range(c), jax.random.split(key, c)):
+        members = np.flatnonzero(y == cls)
+        if members.size < per_class:
+            raise ValueError(f"class {cls} has {members.size} examples, fewer than the {per_class} a balanced set needs")
+        chosen.append(members[np.asarray(jax.random.permutation(k, members.size))[:per_class]])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def subsample(key: jax.Array, indices: Sequence[int] | np.ndarray, size: int | None) -> np.ndarray:
+    """A uniform random subset (sorted) of ``size`` of ``indices``: the candidates one
+    round scores. All of ``indices`` when ``size`` is None or >= their number."""
+    idx = np.asarray(indices)
+    if idx.ndim != 1:
+        raise ValueError(f"indices must be 1-D, got shape {idx.shape}")
+    if size is None or (not isinstance(size, bool) and isinstance(size, (int, np.integer)) and size >= idx.size):
+        return idx.copy()
+    size = _check_size(size, idx.size)
+    pick = np.asarray(jax.random.permutation(key, idx.size))[:size]
+    return np.sort(idx[pick])
