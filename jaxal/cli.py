@@ -1,0 +1,446 @@
+"""The ``jaxal`` command line.
+
+Each subcommand is one ``add_<name>(subparsers)`` function that registers its parser
+and sets ``handler``; adding a subcommand means writing one such function and listing
+it in ``SUBCOMMANDS``. Handlers return the process exit code. Bad input (unknown
+names, impossible sizes, an existing run without ``--resume``) is reported in one line
+with exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+__all__ = ["main", "build_parser", "SUBCOMMANDS"]
+
+DEFAULT_STRATEGIES = "entropy,random"
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def parse_value(text: str) -> Any:
+    """A Python literal when ``text`` is one (``3``, ``0.5``, ``(64, 64)``, ``True``), else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_options(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    """``["k=v", ...]`` -> ``{k: parse_value(v)}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def parse_int_list(text: str, flag: str) -> tuple[int, ...]:
+    """``"64,64"`` -> ``(64, 64)``."""
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"{flag} expects comma-separated integers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{flag} is empty")
+    return values
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"3"`` -> seeds ``[0, 1, 2]``; ``"0,4,7"`` -> those seeds."""
+    if "," in text:
+        seeds = list(parse_int_list(text, "--seeds"))
+    else:
+        try:
+            count = int(text)
+        except ValueError:
+            raise ValueError(f"--seeds expects a count or a comma-separated list, got {text!r}") from None
+        if count < 1:
+            raise ValueError(f"--seeds must be at least 1, got {count}")
+        seeds = list(range(count))
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must be distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+# --------------------------------------------------------------------------- jaxal run
+
+
+def add_run(subparsers: Any) -> None:
+    """``jaxal run``: active-learning experiments, one run per strategy and seed."""
+    p = subparsers.add_parser(
+        "run",
+        help="run active-learning experiments (default: digits, MLP, entropy vs random)",
+        description="Run active learning for each strategy and seed; write records, checkpoints and a "
+        "learning-curve plot under --out.",
+    )
+    g = p.add_argument_group("data and model")
+    g.add_argument("--dataset", default="digits", help="data set name (default: digits)")
+    g.add_argument("--data-dir", default=None, help="where TFDS / .npz data live")
+    g.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="extra data set option (repeatable)")
+    g.add_argument("--model", default="mlp", help="model name (default: mlp)")
+    g.add_argument("--widths", default=None, help="MLP hidden widths, e.g. 256,256")
+    g = p.add_argument_group("active learning")
+    g.add_argument("--strategy", default=DEFAULT_STRATEGIES, help=f"strategy or comma-separated list (default: {DEFAULT_STRATEGIES})")
+    g.add_argument("--option", action="append", metavar="KEY=VALUE", help="strategy option, value parsed as a Python literal; NAME.KEY=VALUE for one strategy only (repeatable)")
+    g.add_argument("--crc-group-size", type=int, default=None, metavar="G", help="CRC group size G (strategy option group_size; must divide --budget)")
+    g.add_argument("--initial", type=int, default=20, help="initial labeled set size (default: 20)")
+    g.add_argument("--balanced-init", action="store_true", help="class-balanced initial set")
+    g.add_argument("--budget", type=int, default=20, help="points queried per round (default: 20)")
+    g.add_argument("--rounds", type=int, default=5, help="query rounds after the initial training (default: 5)")
+    g.add_argument("--candidates", type=int, default=None, help="random candidate subsample per round (default: whole pool)")
+    g.add_argument("--sequential", action="store_true", help="query one point at a time with the oracle in the loop")
+    g.add_argument("--seeds", default="1", help="number of seeds (0..N-1) or a comma-separated list (default: 1)")
+    g = p.add_argument_group("training")
+    g.add_argument("--start", default="cold", help="cold | warm | shrink_perturb (default: cold)")
+    g.add_argument("--lam", type=float, default=0.5, help="shrink factor for shrink_perturb (default: 0.5)")
+    g.add_argument("--sigma", type=float, default=0.01, help="perturbation scale for shrink_perturb (default: 0.01)")
+    g.add_argument("--noise", default="init", help="shrink_perturb noise: init | gaussian (default: init)")
+    g.add_argument("--loss", default="cross_entropy", help="cross_entropy | squared (default: cross_entropy)")
+    g.add_argument("--epochs", type=int, default=100, help="max training epochs per round (default: 100)")
+    g.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
+    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=None, help="output directory (default: runs/<timestamp>)")
+    g.add_argument("--resume", action="store_true", help="continue the runs in --out from their checkpoints")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run_command)
+
+
+def _options_for(strategy: str, options: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Options for one strategy: plain ``key`` options go to every strategy,
+    ``strategy.key`` ones only to that strategy."""
+    out = {k: v for k, v in options.items() if "." not in k}
+    out.update({k.split(".", 1)[1]: v for k, v in options.items() if k.split(".", 1)[0] == strategy and "." in k})
+    out.update(extra)
+    return out
+
+
+def _configs(args: argparse.Namespace) -> list:
+    """One :class:`ExperimentConfig` per (strategy, seed), all validated."""
+    from jaxal.loop import ExperimentConfig, validate
+    from jaxal.train import TrainConfig
+
+    names = [s.strip() for s in args.strategy.split(",") if s.strip()]
+    if not names:
+        raise ValueError("--strategy is empty")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--strategy lists a name twice: {args.strategy!r}")
+    model_options = {"widths": parse_int_list(args.widths, "--widths")} if args.widths else {}
+    train = TrainConfig(
+        loss=args.loss, learning_rate=args.lr, batch_size=args.batch_size, max_epochs=args.epochs
+    )
+    base = ExperimentConfig(
+        dataset=args.dataset,
+        dataset_options=parse_options(args.dataset_option, "--dataset-option"),
+        data_dir=args.data_dir,
+        model=args.model,
+        model_options=model_options,
+        strategy_options=parse_options(args.option, "--option"),
+        initial_size=args.initial,
+        budget=args.budget,
+        rounds=args.rounds,
+        start=args.start,
+        lam=args.lam,
+        sigma=args.sigma,
+        noise=args.noise,
+        train=train,
+        candidates=args.candidates,
+        balanced_init=args.balanced_init,
+        sequential=args.sequential,
+    )
+    crc_opts = {} if args.crc_group_size is None else {"group_size": args.crc_group_size}
+    configs = [
+        dataclasses.replace(
+            base, strategy=s, seed=k, strategy_options=_options_for(s, base.strategy_options, crc_opts if s == "crc" else {})
+        )
+        for s in names
+        for k in parse_seeds(args.seeds)
+    ]
+    unused = [k.split(".", 1)[0] for k in base.strategy_options if "." in k and k.split(".", 1)[0] not in names]
+    if unused:
+        raise ValueError(f"--option names strategies not in --strategy: {', '.join(sorted(set(unused)))}")
+    for c in configs:
+        validate(c)
+    return configs
+
+
+def _fmt_mean(values: list[float], digits: int = 3) -> str:
+    import numpy as np
+
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def results_table(results: dict[str, list[list[dict]]], title: str | None = None):
+    """A rich Markdown-style table: round, labeled, accuracy per strategy, train and query seconds.
+
+    ``results`` maps strategy -> list of record lists (one per seed); cells with
+    several seeds show ``mean ± std``.
+    """
+    from rich import box
+    from rich.table import Table
+
+    strategies = list(results)
+    table = Table(title=title, box=box.MARKDOWN, title_justify="left")
+    table.add_column("round", justify="right")
+    table.add_column("labeled", justify="right")
+    for s in strategies:
+        table.add_column(f"acc {s}", justify="right")
+    table.add_column("train s", justify="right")
+    for s in strategies:
+        table.add_column(f"query s {s}", justify="right")
+    rounds = sorted({int(r["round"]) for runs in results.values() for recs in runs for r in recs})
+    for k in rounds:
+        at = {s: [r for recs in results[s] for r in recs if int(r["round"]) == k] for s in strategies}
+        every = [r for rs in at.values() for r in rs]
+        labeled = sorted({int(r["n_labeled"]) for r in every})
+        row = [str(k), "/".join(map(str, labeled))]
+        row += [_fmt_mean([r["test_accuracy"] for r in at[s]]) for s in strategies]
+        row.append(_fmt_mean([r["train_seconds"] for r in every], 2).split(" ±")[0])
+        row += [_fmt_mean([r["query_seconds"] for r in at[s]], 2).split(" ±")[0] if k > 0 else "-" for s in strategies]
+        table.add_row(*row)
+    return table
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run every (strategy, seed), print the per-round table, draw the learning curves."""
+    from rich.console import Console
+
+    from jaxal.evaluate import plot_learning_curves
+    from jaxal.loop import run
+
+    console = Console(soft_wrap=True, highlight=False)
+    if args.resume and not args.out:
+        raise ValueError("--resume needs --out: the directory of the run to continue")
+    configs = _configs(args)
+    out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    args.out_resolved = out  # for the interrupt message
+    seeds = sorted({c.seed for c in configs})
+    c0 = configs[0]
+    console.print(
+        f"jaxal run: {c0.dataset}, {c0.model}, initial {c0.initial_size}, budget {c0.budget} x {c0.rounds} "
+        f"rounds, seeds {seeds}, {c0.start} start\noutput: {out}",
+        highlight=False,
+    )
+    show_progress = not args.quiet and console.is_terminal
+    results: dict[str, list[list[dict]]] = {}
+    dirs: dict[str, list[str]] = {}
+    for c in configs:
+        run_dir = os.path.join(out, c.strategy, f"seed{c.seed}")
+        t0 = time.perf_counter()
+        records = run(c, run_dir, resume=args.resume, progress=show_progress)
+        results.setdefault(c.strategy, []).append(records)
+        dirs.setdefault(c.strategy, []).append(run_dir)
+        last = records[-1] if records else None
+        if last is not None:
+            console.print(
+                f"  {c.strategy:>16} seed {c.seed}: {len(records)} rounds, {last['n_labeled']} labels, "
+                f"test accuracy {last['test_accuracy']:.3f}  ({time.perf_counter() - t0:.1f} s)",
+                highlight=False,
+            )
+    table = results_table(results, title=f"test accuracy per round ({c0.dataset}, {c0.model})")
+    # Never wrap the table: it is meant to be pasted into a lab notebook as Markdown.
+    needed = sum(max(len(str(col.header)), 14) + 3 for col in table.columns) + 1
+    Console(width=max(console.width, needed), highlight=False).print("\n", table)
+    plot = plot_learning_curves(dirs, os.path.join(out, "learning_curve.png"))
+    console.print(f"plot:    {plot}", highlight=False)
+    console.print(f"records: {os.path.join(out, '<strategy>', 'seed<k>', 'records.jsonl')}", highlight=False)
+    return 0
+
+
+# --------------------------------------------------------------------------- jaxal compare
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    """A stand-alone copy of the ``jaxal run`` parser, used as the parent of ``compare``
+    so that every run flag (present and future) is a compare flag too."""
+    holder = argparse.ArgumentParser(add_help=False)
+    sub = holder.add_subparsers()
+    add_run(sub)
+    return sub.choices["run"]
+
+
+def add_compare(subparsers: Any) -> None:
+    """``jaxal compare``: the strategy x seed grid, resumable, then the papers' evaluation."""
+    p = subparsers.add_parser(
+        "compare",
+        parents=[_run_parser()],
+        conflict_handler="resolve",
+        help="compare strategies over seeds: learning curves with CIs, AUBC, penalty matrix",
+        description="Run every strategy x seed (same initial set and initial model per seed), resuming "
+        "finished and interrupted runs, then write curves.png, diff_to_random.png, aubc.csv, penalty.png, "
+        "penalty.csv and summary.md into --out. Takes every `jaxal run` flag.",
+    )
+    p.add_argument("--strategies", "--strategy", dest="strategy", default="random,entropy,margin",
+                   help="comma-separated strategies; NAME-seq runs NAME in its sequential mode, e.g. "
+                   "mlmoc,mlmoc-seq (default: random,entropy,margin)")
+    p.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="model option, e.g. dropout_rate=0.2 or channels=(16,32) (repeatable)")
+    p.add_argument("--reference", default="random", help="baseline for differences and p-values (default: random)")
+    p.add_argument("--title", default=None, help="title of the plots and summary")
+    p.add_argument("--resume", action="store_true", help="accepted for symmetry with `jaxal run`: compare always "
+                   "resumes (finished runs are skipped, interrupted ones continue)")
+    p.set_defaults(handler=compare_command)
+
+
+def _split_sequential(names: list[str]) -> list[tuple[str, bool]]:
+    """``["mlmoc", "mlmoc-seq"]`` -> ``[("mlmoc", False), ("mlmoc", True)]``."""
+    from jaxal import strategies
+    from jaxal.evaluate import SEQUENTIAL_SUFFIX
+
+    known = set(strategies.names())
+    out = []
+    for name in names:
+        if name not in known and name.endswith(SEQUENTIAL_SUFFIX):
+            out.append((name[: -len(SEQUENTIAL_SUFFIX)], True))
+        else:
+            out.append((name, False))
+    return out
+
+
+def compare_configs(args: argparse.Namespace) -> list:
+    """The grid's configs: `jaxal run`'s (:func:`_configs`) per base strategy, with the
+    ``-seq`` arms switched to their sequential mode and ``--model-option`` merged."""
+    from jaxal.loop import validate
+
+    names = [s.strip() for s in args.strategy.split(",") if s.strip()]
+    if not names:
+        raise ValueError("--strategies is empty")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--strategies lists a name twice: {args.strategy!r}")
+    arms = _split_sequential(names)
+    base = argparse.Namespace(**vars(args))
+    base.strategy = ",".join(dict.fromkeys(name for name, _ in arms))
+    base.sequential = False
+    by_name: dict[str, list] = {}
+    for c in _configs(base):
+        by_name.setdefault(c.strategy, []).append(c)
+    model_options = parse_options(args.model_option, "--model-option")
+    configs = []
+    for name, seq in arms:
+        for c in by_name[name]:
+            c = dataclasses.replace(c, sequential=seq or args.sequential,
+                                    model_options={**dict(c.model_options), **model_options})
+            configs.append(validate(c))
+    return configs
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    """Run the grid with one progress bar, write and print the evaluation."""
+    from rich.console import Console
+
+    from jaxal.compare import compare, plan, run_status
+
+    console = Console(soft_wrap=True, highlight=False)
+    configs = compare_configs(args)
+    out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    args.out_resolved = out
+    cells = plan(configs, out)
+    states = [run_status(c) for c in cells]
+    c0 = configs[0]
+    console.print(
+        f"jaxal compare: {c0.dataset}, {c0.model}, {len({c.label for c in cells})} strategies x "
+        f"{len({c.seed for c in cells})} seeds = {len(cells)} runs ({states.count('done')} done, "
+        f"{states.count('partial')} to resume); initial {c0.initial_size}, budget {c0.budget} x {c0.rounds} rounds, "
+        f"{c0.start} start\noutput: {out}"
+    )
+    t0 = time.perf_counter()
+    _, report = compare(configs, out, reference=args.reference, progress=not args.quiet and console.is_terminal,
+                        title=args.title)
+    console.print(f"grid finished in {time.perf_counter() - t0:.1f} s")
+    _print_report(console, report)
+    return 0
+
+
+def _print_report(console: Any, report: Any) -> None:
+    from jaxal.report import aubc_markdown
+
+    table = aubc_markdown(report.rows, report.penalty)
+    Console = type(console)
+    Console(width=max(console.width, max(len(line) for line in table.splitlines()) + 1), highlight=False).print(
+        "\n" + table + "\n"
+    )
+    for note in report.notes:
+        console.print(f"note: {note}")
+    for name, path in report.files.items():
+        console.print(f"{name + ':':<20} {path}")
+
+
+# --------------------------------------------------------------------------- jaxal plot
+
+
+def add_plot(subparsers: Any) -> None:
+    """``jaxal plot``: the compare evaluation from existing run directories."""
+    p = subparsers.add_parser(
+        "plot",
+        help="evaluate existing runs: curves, differences to random, AUBC, penalty matrix, summary",
+        description="Read run directories (a `jaxal compare` / `jaxal run` output, or single runs) and write "
+        "the comparison's evaluation files.",
+    )
+    p.add_argument("dirs", nargs="+", metavar="RUN_DIR", help="run or comparison directories")
+    p.add_argument("--out", default=None, help="where to write the files (default: the first RUN_DIR)")
+    p.add_argument("--reference", default="random", help="baseline for differences and p-values (default: random)")
+    p.add_argument("--title", default=None, help="title of the plots and summary")
+    p.set_defaults(handler=plot_command)
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    """Write and print the evaluation of existing runs."""
+    from rich.console import Console
+
+    from jaxal.report import write_report
+
+    console = Console(soft_wrap=True, highlight=False)
+    report = write_report(args.dirs, args.out or args.dirs[0], reference=args.reference, title=args.title)
+    _print_report(console, report)
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+SUBCOMMANDS: list[Callable[[Any], None]] = [add_run]
+SUBCOMMANDS += [add_compare, add_plot]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxal`` parser with every subcommand in ``SUBCOMMANDS``."""
+    parser = argparse.ArgumentParser(prog="jaxal", description="JAX-native deep active learning.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``jaxal`` command line; returns the exit code (2 for bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except ValueError as e:  # bad input: one clear line, no traceback
+        print(f"jaxal {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        out = getattr(args, "out_resolved", None) or "<dir>"
+        print(f"\njaxal {args.command}: interrupted; rerun the same command with --resume --out {out}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
