@@ -20,10 +20,21 @@ def batched(fn, x: Any, batch_size: int = 4096) -> jax.Array:
     return jnp.concatenate(outs, axis=0)
 
 
+@jax.jit
+def _apply(model: Model, x: jax.Array, key: jax.Array | None) -> jax.Array:
+    # One compiled function for every call: ``Model`` is a pytree whose functions are
+    # static, so the cache is keyed by (model functions, shapes), not rebuilt per call.
+    return model.apply(model.params, x, key)
+
+
+@jax.jit
+def _features(model: Model, x: jax.Array) -> jax.Array:
+    return model.features(model.params["body"], x)
+
+
 def predict_logits(model: Model, x: Any, batch_size: int = 4096, key: jax.Array | None = None) -> jax.Array:
     """Logits ``[n, C]`` of ``x``, computed in jit-compiled chunks."""
-    f = jax.jit(lambda p, xb: model.apply(p, xb, key))
-    return batched(lambda xb: f(model.params, xb), x, batch_size)
+    return batched(lambda xb: _apply(model, xb, key), x, batch_size)
 
 
 def predict_probs(model: Model, x: Any, batch_size: int = 4096) -> jax.Array:
@@ -33,8 +44,7 @@ def predict_probs(model: Model, x: Any, batch_size: int = 4096) -> jax.Array:
 
 def embed(model: Model, x: Any, batch_size: int = 4096) -> jax.Array:
     """Penultimate features ``[n, d]`` of ``x``, in chunks."""
-    f = jax.jit(lambda p, xb: model.features(p, xb))
-    return batched(lambda xb: f(model.params["body"], xb), x, batch_size)
+    return batched(lambda xb: _features(model, xb), x, batch_size)
 
 
 def top_k_indices(scores: Any, k: int, key: jax.Array | None = None) -> np.ndarray:
