@@ -1,0 +1,28 @@
+"""NTK look-ahead: how would every prediction move if we labeled ``x'`` and retrained?
+
+Mohamadi, Bae & Sutherland (NeurIPS 2022) approximate retraining on ``L ∪ {(x', y')}``
+by kernel regression with the empirical NTK around the trained weights. jaxal scores
+every candidate at once from one Cholesky of ``K_LL`` (block inverse of the bordered
+kernel; DESIGN.md §4 has the maths and the correction to the paper's eq. 12).
+
+- :mod:`~jaxal.lookahead.core`: the maths on kernel matrices; a BlackJAX-style state
+  machine ``init`` / ``add`` / ``best`` (plus ``scores``, ``greedy_batch``).
+- :mod:`~jaxal.lookahead.sequential`: from a model to a state; :class:`Sequential`.
+- :mod:`~jaxal.lookahead.baselines`: infinite-width ReLU NTK, one-step-SGD look-ahead.
+
+The strategies ``mlmoc``, ``emoc``, ``eer`` and ``flip_rate`` live in
+:mod:`jaxal.strategies.lookahead`.
+"""
+
+from jaxal.lookahead.baselines import one_step_sgd_scores, relu_ntk  # noqa: F401
+from jaxal.lookahead.core import (  # noqa: F401
+    OBJECTIVES,
+    LookaheadInfo,
+    LookaheadState,
+    add,
+    best,
+    greedy_batch,
+    init,
+    scores,
+)
+from jaxal.lookahead.sequential import Sequential, init_from_model, kernel_blocks  # noqa: F401
