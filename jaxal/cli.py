@@ -109,6 +109,10 @@ def add_run(subparsers: Any) -> None:
     g.add_argument("--epochs", type=int, default=100, help="max training epochs per round (default: 100)")
     g.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
     g.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
+    g.add_argument("--trainer", default="supervised",
+                   help="supervised | pseudo_label | mean_teacher | fixmatch (default: supervised)")
+    g.add_argument("--ssl-option", action="append", metavar="KEY=VALUE",
+                   help="semi-supervised setting, e.g. steps=300 or threshold=0.9 (repeatable)")
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None, help="output directory (default: runs/<timestamp>)")
     g.add_argument("--resume", action="store_true", help="continue the runs in --out from their checkpoints")
@@ -157,6 +161,8 @@ def _configs(args: argparse.Namespace) -> list:
         candidates=args.candidates,
         balanced_init=args.balanced_init,
         sequential=args.sequential,
+        trainer=args.trainer,
+        ssl_options=parse_options(args.ssl_option, "--ssl-option"),
     )
     crc_opts = {} if args.crc_group_size is None else {"group_size": args.crc_group_size}
     configs = [

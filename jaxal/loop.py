@@ -33,10 +33,11 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
+from jaxal import augment
 from jaxal import checkpoint as ckpt
 from jaxal import data as data_lib
 from jaxal import models as models_lib
-from jaxal import strategies
+from jaxal import ssl, strategies
 from jaxal.strategies.base import as_query, make_context
 from jaxal.train import TrainConfig, evaluate, init_variables, restart, train
 from jaxal.validation import check_budget, check_choice
@@ -83,6 +84,12 @@ class ExperimentConfig:
       balanced_init: draw the initial set class-balanced.
       sequential: query one point at a time with the oracle in the loop, through the
         strategy's ``sequential`` attribute (no retraining between the picks).
+      trainer: ``supervised`` (labeled set only, the 99% stop rule) or a
+        semi-supervised trainer from :func:`jaxal.ssl.trainers` (``pseudo_label``,
+        ``mean_teacher``, ``fixmatch``) that also learns from the unlabeled pool.
+      ssl_options: keyword arguments of :class:`jaxal.ssl.SSLConfig` (``steps``,
+        ``threshold``, ...); augmentations come from
+        :func:`jaxal.augment.for_dataset` for the data set.
     """
 
     dataset: str = "digits"
@@ -104,12 +111,14 @@ class ExperimentConfig:
     candidates: int | None = None
     balanced_init: bool = False
     sequential: bool = False
+    trainer: str = "supervised"
+    ssl_options: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """A JSON-able dict (tuples become lists)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["train"] = _train_to_dict(self.train)
-        for k in ("dataset_options", "model_options", "strategy_options"):
+        for k in ("dataset_options", "model_options", "strategy_options", "ssl_options"):
             d[k] = dict(d[k])
         return json.loads(json.dumps(d, default=_json_default))
 
@@ -180,6 +189,11 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     check_choice("strategy", config.strategy, strategies.names())
     check_choice("start", config.start, START_MODES)
     check_choice("noise", config.noise, NOISES)
+    check_choice("trainer", config.trainer, ssl.trainers())
+    if config.trainer != "supervised":
+        ssl.SSLConfig(**dict(config.ssl_options))  # its own ValueErrors name the bad field
+    elif config.ssl_options:
+        raise ValueError("ssl_options were given but trainer='supervised' does not use them")
     _check_int("initial_size", config.initial_size, 1)
     _check_int("budget", config.budget, 1)
     _check_int("rounds", config.rounds, 0)
@@ -391,7 +405,7 @@ def run(
             emit("queried", r)
 
             idx = np.asarray(labeled, dtype=np.int64)
-            result = train(k_train, module, variables, x_train[idx], y_train[idx], ds.num_classes, config.train)
+            result = _fit(config, k_train, module, variables, x_train, y_train, idx, ds.num_classes)
             variables = result.variables
             test_acc, test_loss = evaluate(
                 module, variables, ds.x_test, ds.y_test, ds.num_classes, config.train.loss
@@ -426,6 +440,31 @@ def run(
             emit("checkpointed", r)
             advance(f"labeled {len(labeled)}  acc {record['test_accuracy']:.3f}")
     return records
+
+
+def _fit(
+    config: ExperimentConfig,
+    key: jax.Array,
+    module: Any,
+    variables: Any,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    labeled: np.ndarray,
+    num_classes: int,
+) -> Any:
+    """Train on the labeled rows (and, for a semi-supervised trainer, the unlabeled ones)."""
+    if config.trainer == "supervised":
+        return train(key, module, variables, x_train[labeled], y_train[labeled], num_classes, config.train)
+    unlabeled = np.setdiff1d(np.arange(x_train.shape[0]), labeled)
+    ssl_config = ssl.SSLConfig(**dict(config.ssl_options), augment=augment.for_dataset(_augment_name(config.dataset)))
+    fn = ssl.get_trainer(config.trainer)
+    return fn(key, module, variables, x_train[labeled], y_train[labeled], x_train[unlabeled], num_classes,
+              config.train, ssl_config)
+
+
+def _augment_name(dataset: str) -> str:
+    """The augmentation table's entry for a data set (``generic`` for unknown ones)."""
+    return dataset if dataset in augment.datasets() else "generic"
 
 
 def _query(
