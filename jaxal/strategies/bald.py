@@ -1,0 +1,118 @@
+"""BALD (Houlsby et al., 2011; Gal et al., 2017): mutual information between the label
+and the parameters,
+
+    I(y; θ | x) = H(E_θ p(y|x, θ)) − E_θ H(p(y|x, θ)),
+
+estimated from T samples of θ: MC-dropout passes (``model.logits(x, key_t)`` with T
+explicit keys, when ``model.stochastic``) or the members of an ensemble
+(``params_ensemble=[params_1, ...]``). The T passes are streamed: only the running
+sums of p ``[n, C]`` and of H(p) ``[n]`` are kept per chunk of the pool.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxal.strategies.base import Context, register
+from jaxal.strategies.common import top_k_indices
+
+__all__ = ["bald_from_probs", "bald_scores", "bald"]
+
+
+def _entropy(p: jax.Array) -> jax.Array:
+    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+
+
+def bald_from_probs(probs: jax.Array) -> jax.Array:
+    """BALD scores ``[n]`` from sampled probabilities ``[T, n, C]``."""
+    return _entropy(jnp.mean(probs, axis=0)) - jnp.mean(_entropy(probs), axis=0)
+
+
+@partial(jax.jit, static_argnames=("mode",))
+def _accumulate(model, xs_per_sample, x, mode):
+    """H(mean p) − mean H(p) over the samples: a scan over keys (``mode="key"``) or over
+    stacked params (``mode="params"``)."""
+    apply = _apply_params if mode == "params" else _apply_key
+    apply = partial(apply, model)
+
+    def step(carry, s):
+        p = jax.nn.softmax(apply(s, x).astype(jnp.float32), axis=-1)
+        return (carry[0] + p, carry[1] + _entropy(p)), None
+
+    n_samples = jax.tree_util.tree_leaves(xs_per_sample)[0].shape[0]
+    logits_shape = jax.eval_shape(lambda s: apply(s, x), jax.tree_util.tree_map(lambda v: v[0], xs_per_sample))
+    init = (jnp.zeros(logits_shape.shape, jnp.float32), jnp.zeros(x.shape[0], jnp.float32))
+    (sp, sh), _ = jax.lax.scan(step, init, xs_per_sample)
+    return _entropy(sp / n_samples) - sh / n_samples
+
+
+def bald_scores(
+    model,
+    x: Any,
+    key: jax.Array | None = None,
+    *,
+    num_samples: int = 20,
+    params_ensemble: Sequence[Any] | None = None,
+    batch_size: int = 1024,
+) -> jax.Array:
+    """BALD scores ``[n]`` of ``x``: MC dropout with ``num_samples`` keys drawn from
+    ``key``, or one pass per member of ``params_ensemble``."""
+    if params_ensemble is not None:
+        members = list(params_ensemble)
+        if not members:
+            raise ValueError("params_ensemble is empty: pass at least one params pytree")
+        structs = {jax.tree_util.tree_structure(m) for m in members}
+        if len(structs) != 1:
+            raise ValueError("params_ensemble members must share one pytree structure")
+        samples = jax.tree_util.tree_map(lambda *v: jnp.stack(v), *members)
+        mode = "params"
+    else:
+        if not model.stochastic:
+            raise ValueError(
+                "bald needs a stochastic model (MC dropout: build it with "
+                "from_linen(..., stochastic_kwargs={...})) or params_ensemble=[params, ...]"
+            )
+        if key is None:
+            raise ValueError("bald with MC dropout needs a key")
+        if num_samples < 2:
+            raise ValueError(f"num_samples must be at least 2, got {num_samples}")
+        samples = jax.random.split(key, num_samples)
+        mode = "key"
+    n = int(np.shape(x)[0])
+    outs = []
+    for i, start in enumerate(range(0, n, batch_size)):
+        xb = jnp.asarray(x[start : start + batch_size])
+        s = samples if params_ensemble is not None else jax.vmap(lambda k: jax.random.fold_in(k, i))(samples)
+        outs.append(_accumulate(model, s, xb, mode))
+    return jnp.concatenate(outs)
+
+
+def _apply_params(model, params, x):
+    return model.apply(params, x)
+
+
+def _apply_key(model, key, x):
+    return model.apply(model.params, x, key)
+
+
+@register("bald")
+def bald(
+    key: jax.Array,
+    ctx: Context,
+    budget: int,
+    *,
+    num_samples: int = 20,
+    params_ensemble: Sequence[Any] | None = None,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Top-``budget`` pool points by BALD (MC dropout or an ensemble of params)."""
+    k_mc, k_tie = jax.random.split(key)
+    scores = bald_scores(
+        ctx.model, ctx.x_pool, k_mc, num_samples=num_samples, params_ensemble=params_ensemble, batch_size=batch_size
+    )
+    return top_k_indices(scores, budget, k_tie)
