@@ -8,3 +8,11 @@ from jaxal.strategies.base import Context, Query, get, names, register, select  
 
 # Each module below registers its strategies on import. Keep one line per family.
 from jaxal.strategies import uncertainty  # noqa: F401,E402
+from jaxal.strategies import crc  # noqa: F401,E402
+from jaxal.strategies import badge  # noqa: F401,E402
+from jaxal.strategies import coreset  # noqa: F401,E402
+from jaxal.strategies import typiclust  # noqa: F401,E402
+from jaxal.strategies import bald  # noqa: F401,E402
+from jaxal.strategies import egl  # noqa: F401,E402
+from jaxal.strategies import albl  # noqa: F401,E402
+from jaxal.strategies import lookahead  # noqa: F401,E402

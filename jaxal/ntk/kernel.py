@@ -1,0 +1,209 @@
+"""``jaxal.ntk.kernel``: the empirical neural tangent kernel of a :class:`~jaxal.Model`."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxal.model import Model
+from jaxal.ntk import chunking, taps
+from jaxal.ntk.contract import CONTRACTIONS, output_map
+from jaxal.ntk.jacobian import jacobian_engine
+from jaxal.ntk.ntvp import ntvp_engine
+from jaxal.ntk.params import Subset, split_params
+from jaxal.ntk.structured import head_engine, structured_engine, trace_model
+from jaxal.validation import check_choice
+
+IMPLEMENTATIONS = ("jacobian", "ntvp", "structured", "auto")
+DEFAULT_MEMORY_BYTES = 2 * 1024**3
+
+_CACHE: "collections.OrderedDict[Any, tuple]" = collections.OrderedDict()
+_CACHE_SIZE = 32
+
+
+def _aval_key(tree: Any) -> tuple:
+    return tuple((tuple(np.shape(a)), str(jnp.result_type(a))) for a in tree)
+
+
+def _head_only(split, model: Model) -> bool:
+    return model.dense_head and all(m == (p[0] == "head") for m, p in zip(split.mask, split.paths))
+
+
+def _build(model: Model, split, contraction: str, implementation: str, x_example, memory_bytes: int, mesh):
+    """``(compiled, engine, chosen implementation)``, cached on everything static."""
+    key = (
+        model.features, model.head, model.dense_head, split.treedef, split.mask,
+        _aval_key(split.selected), _aval_key(split.fixed), contraction, implementation,
+        tuple(x_example.shape), str(x_example.dtype), mesh,
+        memory_bytes if implementation == "auto" else None,
+    )
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    out_fn, mode = output_map(contraction)
+    leaves = jax.tree_util.tree_leaves(split.merge(split.selected))
+    closed = trace_model(model, split.treedef, leaves, x_example)
+    num_classes = int(closed.out_avals[0].shape[-1])
+    itemsize = jnp.dtype(closed.out_avals[0].dtype).itemsize
+    cd = 1 if contraction in ("single_logit", "sum_logits") else num_classes
+    sites, act_size = taps.find_sites(closed, len(leaves), split.mask)
+    n_sel = sum(int(np.prod(np.shape(a))) for a in split.selected)
+    common = dict(cd=cd, n_params=n_sel, act_size=act_size, itemsize=itemsize)
+    args = (model, split.treedef, split.mask, out_fn, mode)
+
+    def structured():
+        if _head_only(split, model):
+            d = int(model.params["head"]["kernel"].shape[0])  # dense_head: kernel [d, C]
+            scale = float(num_classes) if contraction == "trace" else 1.0
+            return head_engine(model, split.treedef, split.mask, mode, num_classes=num_classes, scale=scale,
+                               d=d, act_size=act_size, itemsize=itemsize)
+        return structured_engine(closed, sites, act_size, split.mask, out_fn, mode, cd=cd, leaves=leaves, itemsize=itemsize)
+
+    chosen = implementation
+    if implementation == "jacobian":
+        engine = jacobian_engine(*args, **common)
+    elif implementation == "ntvp":
+        engine = ntvp_engine(*args, **common)
+    else:
+        engine = structured()
+        if implementation == "auto":
+            chosen = "structured"
+            if engine.feature_bytes + engine.pair_bytes > memory_bytes // 4:  # Jacobian-sized: products instead
+                engine, chosen = ntvp_engine(*args, **common), "ntvp"
+    compiled = chunking.compile_engine(engine, mesh)
+    _CACHE[key] = (compiled, engine, chosen)
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return _CACHE[key]
+
+
+def _default_mesh() -> Mesh | None:
+    devices = jax.devices()
+    return Mesh(np.array(devices), ("pool",)) if len(devices) > 1 else None
+
+
+def kernel(
+    model: Model,
+    x1: Any,
+    x2: Any | None = None,
+    *,
+    params: Any = None,
+    contraction: str = "trace",
+    subset: Subset = "all",
+    implementation: str = "auto",
+    memory_bytes: int | None = None,
+    mesh: Mesh | None = None,
+    diagonal: bool = False,
+) -> jax.Array:
+    """Empirical NTK ``Θ(x1, x2) = J(x1) J(x2)^T`` of ``model``, ``J = ∂f/∂θ_subset``.
+
+    ``f(x) = model.apply(params, x)`` are the logits ``[C]`` of one example and
+    ``θ_subset`` the parameter leaves picked by ``subset``.
+
+    Args:
+      model: a :class:`jaxal.Model` (deterministic pass; BatchNorm statistics frozen).
+      x1: ``[n1, ...]`` examples (the pool axis; sharded over ``mesh``).
+      x2: ``[n2, ...]`` examples with the same trailing shape as ``x1``; ``None``
+        means ``x2 = x1``.
+      params: ``{"body", "head"}`` parameters, default ``model.params``. A string is
+        read as ``subset`` (``kernel(model, x, params="head")``).
+      contraction: which kernel over the logits:
+
+        - ``"full"``: ``[n1, n2, C, C]``, ``Θ[i, j, c, d] = <∂f_c(x1_i), ∂f_d(x2_j)>``.
+        - ``"trace"``: ``[n1, n2]``, ``sum_c Θ[i, j, c, c]``. This is the **sum** over
+          logits; neural-tangents' ``trace_axes`` gives the *mean* (divide by C).
+        - ``"single_logit"``: ``[n1, n2]``, ``Θ[i, j, 0, 0]`` (the kernel of logit 0;
+          used as ``Θ ⊗ I_C`` by the look-ahead strategies; C² cheaper).
+        - ``"sum_logits"``: ``[n1, n2]``, the kernel of ``sum_c f_c / sqrt(C)``
+          (``sum_{c,d} Θ[i, j, c, d] / C``).
+        - ``"diagonal"``: ``[n1, C, C]``, ``Θ(x_i, x_i)`` only (``x2`` must be None).
+
+      subset: ``"all"`` | ``"head"`` | ``"body"`` | ``callable(path, leaf) -> bool``
+        with ``path`` a tuple of names such as ``("body", "Dense_0", "kernel")``.
+      implementation:
+
+        - ``"jacobian"``: per-example ``jacrev``, contracted leaf by leaf
+          (memory ``O(chunk · C · P)``).
+        - ``"ntvp"``: ``vjp`` then ``jvp`` per ``x2`` example and output; no Jacobian
+          stored (memory ``O(C · P)``), but ``n2 · C`` forward passes over ``x1``.
+        - ``"structured"``: Dense / Conv layers from Gram matrices of layer inputs and
+          output cotangents (one forward + backward per example and output); other
+          leaves by ``jacrev``; a head-only Dense head uses ``(h·h' + 1) δ_cd``.
+        - ``"auto"``: ``structured``, or ``ntvp`` when a single example's structured
+          features would exceed a quarter of ``memory_bytes``.
+      memory_bytes: bound (per device) on the estimated largest intermediate; both
+        example axes are chunked to fit. Default 2 GiB.
+      mesh: a ``jax.sharding.Mesh``; the ``x1`` axis is sharded over its first axis.
+        Default: all devices when there are several, else none.
+      diagonal: with a scalar contraction, return only ``Θ(x_i, x_i)`` as ``[n1]``
+        (``x2`` must be None). ``contraction="diagonal"`` is the ``[n1, C, C]`` form.
+
+    Returns:
+      ``[n1, n2, C, C]`` (full), ``[n1, n2]`` (scalar contractions), ``[n1, C, C]``
+      (diagonal) or ``[n1]`` (``diagonal=True`` with a scalar contraction), in the
+      logits' dtype (float32, or float64 under ``jax.enable_x64``).
+
+    Raises:
+      ValueError: unknown contraction / implementation / subset, a subset selecting no
+        leaf, empty ``x1`` or ``x2``, mismatched trailing shapes, ``x2`` with a
+        diagonal, or a memory bound too small for one example.
+    """
+    check_choice("contraction", contraction, CONTRACTIONS)
+    check_choice("implementation", implementation, IMPLEMENTATIONS)
+    if isinstance(params, str):
+        params, subset = None, params
+    params = model.params if params is None else params
+    is_diag = diagonal or contraction == "diagonal"
+    if diagonal and contraction == "full":
+        contraction = "diagonal"
+    if is_diag and x2 is not None:
+        raise ValueError("a diagonal kernel (contraction='diagonal' or diagonal=True) takes no x2")
+    x1 = _as_batch("x1", x1)
+    if x2 is not None:
+        x2 = _as_batch("x2", x2)
+        if x1.shape[1:] != x2.shape[1:]:
+            raise ValueError(f"x1 and x2 have mismatched example shapes: {x1.shape[1:]} vs {x2.shape[1:]}")
+    if memory_bytes is None:
+        memory_bytes = DEFAULT_MEMORY_BYTES
+    if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, (int, np.integer)) or memory_bytes <= 0:
+        raise ValueError(f"memory_bytes must be a positive integer, got {memory_bytes!r}")
+    if mesh is None:
+        mesh = _default_mesh()
+    split = split_params(params, subset)
+    x_example = jax.ShapeDtypeStruct(x1.shape[1:], x1.dtype)
+    compiled, engine, _ = _build(model, split, contraction, implementation, x_example, int(memory_bytes), mesh)
+    n_dev = 1 if mesh is None else int(mesh.shape[mesh.axis_names[0]])
+    plan = chunking.plan_chunks(engine, x1.shape[0], None if is_diag else (x1 if x2 is None else x2).shape[0],
+                                int(memory_bytes), n_dev)
+    return chunking.run(compiled, plan, split.selected, split.fixed, x1, x2, is_diag)
+
+
+def chosen_implementation(model: Model, x1: Any, *, contraction: str = "trace", subset: Subset = "all",
+                          memory_bytes: int | None = None) -> str:
+    """The implementation ``implementation="auto"`` runs for these arguments."""
+    x1 = _as_batch("x1", x1)
+    split = split_params(model.params, subset)
+    mem = int(memory_bytes or DEFAULT_MEMORY_BYTES)
+    _, _, chosen = _build(model, split, contraction, "auto", jax.ShapeDtypeStruct(x1.shape[1:], x1.dtype), mem, None)
+    return chosen
+
+
+def head_features(model: Model, x: Any, batch_size: int = 4096) -> jax.Array:
+    """``φ(x) = [h(x), 1]``: ``[n, d + 1]``; a Dense head's kernel is ``C · φ φ'^T`` (trace)."""
+    from jaxal.strategies.common import embed
+
+    h = embed(model, x, batch_size)
+    return jnp.concatenate([h, jnp.ones((h.shape[0], 1), h.dtype)], axis=1)
+
+
+def _as_batch(name: str, x: Any):
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"{name} is empty: the kernel block needs at least one example")
+    return x
