@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 
-DEFAULT_STRATEGIES = "entropy,random"
+DEFAULT_STRATEGIES = "mlmoc,entropy,random"
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -79,7 +79,7 @@ def add_run(subparsers: Any) -> None:
     """``jaxal run``: active-learning experiments, one run per strategy and seed."""
     p = subparsers.add_parser(
         "run",
-        help="run active-learning experiments (default: digits, MLP, entropy vs random)",
+        help="run active-learning experiments (default: digits, MLP, NTK look-ahead MLMOC vs entropy vs random)",
         description="Run active learning for each strategy and seed; write records, checkpoints and a "
         "learning-curve plot under --out.",
     )

@@ -464,8 +464,12 @@ def _save(fig: Any, path: str | os.PathLike) -> str:
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     return path
+
+
+def _legend_outside(ax: Any) -> None:
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
 
 
 def plot_curves_ci(
@@ -491,13 +495,13 @@ def plot_curves_ci(
         is_ref = label == reference
         colour = "black" if is_ref else colours[label]
         ax.plot(n, mean, marker="o", markersize=2.5, color=colour, linestyle="--" if is_ref else "-",
-                label=f"{label} ({len(curves[label])})")
+                label=f"{label} ({len(curves[label])} seeds)")
         ax.fill_between(n, mean - half, mean + half, color=colour, alpha=0.15, linewidth=0)
     ax.set_xlabel("labeled examples")
     ax.set_ylabel(ylabel)
-    ax.set_title(title or f"learning curves, mean and {level:.0%} CI over seeds (n seeds)")
+    ax.set_title(title or f"learning curves, mean and {level:.0%} CI over seeds")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="x-small", ncol=2 if len(curves) > 6 else 1)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
@@ -528,7 +532,7 @@ def plot_differences(
     ax.set_ylabel(f"accuracy − {reference}")
     ax.set_title(title or f"difference to {reference}, paired over seeds, mean and {level:.0%} CI")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="x-small", ncol=2 if len(diffs) > 6 else 1)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
