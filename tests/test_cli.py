@@ -94,10 +94,14 @@ def test_readme_python_examples_run():
     readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     assert len(blocks) >= 2
+    spaces = []
     for block in blocks:
         namespace: dict = {}
         exec(compile(block, "README.md", "exec"), namespace)
-    assert len(namespace["idx"]) == 4
+        spaces.append(namespace)
+    assert len(next(ns for ns in spaces if "idx" in ns)["idx"]) == 4
+    ntk_ns = next(ns for ns in spaces if "k_full" in ns)
+    assert ntk_ns["k"].shape == (100, 20) and ntk_ns["k_full"].shape == (5, 3, 10, 10)
 
 
 def test_per_strategy_options_go_only_to_their_strategy(tmp_path, capsys):
