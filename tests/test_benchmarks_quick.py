@@ -1,0 +1,54 @@
+"""Each benchmark's --quick mode runs in CI and writes the JSON keys its issue names.
+
+Speed targets are checked by hand in full mode; here only correctness fields are
+asserted (errors small, correlations in range), never wall-clock numbers.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def _run(script: str, tmp_path) -> dict:
+    out = tmp_path / f"{script}.json"
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--quick", "--json", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_lookahead_vs_retraining_quick(tmp_path):
+    d = _run("lookahead_vs_retraining", tmp_path)
+    for k in ("speedup_vs_naive", "speedup_vs_noblock", "spearman_vs_naive"):
+        assert k in d
+    assert -1.0 <= d["spearman_vs_naive"] <= 1.0
+    assert d["speedup_vs_naive"] > 0 and d["speedup_vs_noblock"] > 0
+
+
+def test_ntk_engine_quick(tmp_path):
+    d = _run("ntk_engine", tmp_path)
+    assert d["max_rel_error_f32"] < 1e-4 and d["max_rel_error_f64"] < 1e-10
+    assert d["mlp_structured_speedup_vs_jacobian"] > 0
+
+
+def test_crc_speed_quick(tmp_path):
+    d = _run("crc_speed", tmp_path)
+    assert d["crc_score_rel_diff"] < 1e-4 and d["crc_dual_speedup"] > 0
+
+
+@pytest.mark.parametrize("script", ["badge_speed"])
+def test_badge_speed_quick(tmp_path, script):
+    d = _run(script, tmp_path)
+    for k in ("badge_speedup_vs_numpy_factorized", "badge_speedup_bf16_vs_numpy_factorized",
+              "badge_over_bandwidth_floor", "badge_peak_bytes"):
+        assert k in d
+    assert d["badge_peak_bytes"] > 0
