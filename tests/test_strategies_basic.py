@@ -89,3 +89,18 @@ def test_returned_queries_are_checked(setup):
 
     with pytest.raises(RuntimeError, match="duplicate"):
         _select("_dup_for_test", setup, budget=3)
+
+
+def test_design_feel_from_the_top_level_import(setup):
+    """DESIGN §0: a batch, the sequential annotator loop and a kernel from ``import jaxal``."""
+    m, x = setup
+    xl, yl, xu = x[:4], np.array([0, 1, 2, 0]), x[4:]
+    batch = jaxal.select("mlmoc", jax.random.key(0), m, x_labeled=xl, y_labeled=yl, x_pool=xu, budget=3)
+    seq = jaxal.lookahead.Sequential(m, xl, yl, x_pool=xu)
+    i = seq.best()
+    assert i == batch[0]  # the sequential first pick is the top-scored candidate
+    seq = seq.add(i, 1)
+    assert seq.queried[i] and seq.best() != i
+    k = jaxal.ntk.kernel(m, xu[:3], xu[:2], contraction="trace", subset="head")
+    h = np.asarray(m.embed(xu[:3])), np.asarray(m.embed(xu[:2]))
+    np.testing.assert_allclose(k, 3 * (h[0] @ h[1].T + 1), rtol=1e-5)  # C (h·h' + 1)
