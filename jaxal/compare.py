@@ -23,13 +23,12 @@ half-way already holds paired comparisons.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from jaxal import checkpoint as ckpt
 from jaxal import evaluate as ev
-from jaxal.loop import CHECKPOINT_FILE, CONFIG_FILE, RESUMABLE_KEYS, ExperimentConfig, run, validate
+from jaxal.loop import CHECKPOINT_FILE, RESUMABLE_KEYS, ExperimentConfig, run, validate
 
 __all__ = ["GridRun", "label_of", "plan", "run_status", "check_grid", "run_grid", "compare"]
 
@@ -100,14 +99,10 @@ def _checkpoint_round(path: str) -> int | None:
 
 
 def _stored_config(run_dir: str) -> dict | None:
-    path = os.path.join(run_dir, CONFIG_FILE)
-    if not os.path.exists(path):
-        return None
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ckpt.CheckpointError(f"{path} is unreadable ({e}); move the run away or choose another --out") from e
+        return ev.read_config(run_dir)
+    except ValueError as e:
+        raise ckpt.CheckpointError(f"{e}; move the run away or choose another --out") from e
 
 
 def run_status(cell: GridRun) -> str:

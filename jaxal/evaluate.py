@@ -207,7 +207,12 @@ def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[str]:
     return unique
 
 
-def _read_config(run_dir: str) -> dict | None:
+def read_config(run_dir: str) -> dict | None:
+    """The run's ``config.json`` as a dict; ``None`` when the run has none yet.
+
+    An unreadable file raises ``ValueError`` naming it (never silently ignored: a
+    run whose settings cannot be read cannot be compared or resumed safely).
+    """
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         return None
@@ -234,7 +239,7 @@ def load_runs(paths: Iterable[str | os.PathLike]) -> Runs:
         records = load_records(d)
         if not records:
             continue
-        config = _read_config(d) or records[0]
+        config = read_config(d) or records[0]
         label = run_label(config)
         seed = int(records[0].get("seed", config.get("seed", 0)))
         if (label, seed) in origin:
