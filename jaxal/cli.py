@@ -89,24 +89,35 @@ def add_run(subparsers: Any) -> None:
     g.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="extra data set option (repeatable)")
     g.add_argument("--model", default="mlp", help="model name (default: mlp)")
     g.add_argument("--widths", default=None, help="MLP hidden widths, e.g. 256,256")
+    g.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="model option, e.g. dropout_rate=0.2 or channels=(16,32) (repeatable)")
     g = p.add_argument_group("active learning")
-    g.add_argument("--strategy", default=DEFAULT_STRATEGIES, help=f"strategy or comma-separated list (default: {DEFAULT_STRATEGIES})")
+    g.add_argument("--strategy", default=DEFAULT_STRATEGIES,
+                   help="strategy or comma-separated list; NAME-seq is NAME's sequential mode, NAME[key=value,...] a "
+                   f"variant with its own options (default: {DEFAULT_STRATEGIES})")
     g.add_argument("--option", action="append", metavar="KEY=VALUE", help="strategy option, value parsed as a Python literal; NAME.KEY=VALUE for one strategy only (repeatable)")
     g.add_argument("--crc-group-size", type=int, default=None, metavar="G", help="CRC group size G (strategy option group_size; must divide --budget)")
     g.add_argument("--initial", type=int, default=20, help="initial labeled set size (default: 20)")
     g.add_argument("--balanced-init", action="store_true", help="class-balanced initial set")
     g.add_argument("--budget", type=int, default=20, help="points queried per round (default: 20)")
     g.add_argument("--rounds", type=int, default=5, help="query rounds after the initial training (default: 5)")
-    g.add_argument("--candidates", type=int, default=None, help="random candidate subsample per round (default: whole pool)")
+    g.add_argument("--candidates", type=int, default=None,
+                   help="random candidate subsample per round (default: the protocol's; standard: whole pool)")
     g.add_argument("--sequential", action="store_true", help="query one point at a time with the oracle in the loop")
     g.add_argument("--seeds", default="1", help="number of seeds (0..N-1) or a comma-separated list (default: 1)")
     g = p.add_argument_group("training")
-    g.add_argument("--start", default="cold", help="cold | warm | shrink_perturb (default: cold)")
+    g.add_argument("--protocol", default="standard",
+                   help="how rounds retrain: standard (cold start, cross-entropy, 99%% training accuracy) | "
+                   "lookahead (warm start, squared loss to a small residual, BatchNorm frozen after round 0, "
+                   "1000 candidates: what the NTK look-ahead models). Explicit flags override it (default: standard)")
+    g.add_argument("--start", default=None, help="cold | warm | shrink_perturb (default: the protocol's)")
     g.add_argument("--lam", type=float, default=0.5, help="shrink factor for shrink_perturb (default: 0.5)")
     g.add_argument("--sigma", type=float, default=0.01, help="perturbation scale for shrink_perturb (default: 0.01)")
     g.add_argument("--noise", default="init", help="shrink_perturb noise: init | gaussian (default: init)")
-    g.add_argument("--loss", default="cross_entropy", help="cross_entropy | squared (default: cross_entropy)")
-    g.add_argument("--epochs", type=int, default=100, help="max training epochs per round (default: 100)")
+    g.add_argument("--loss", default=None, help="cross_entropy | squared (default: the protocol's)")
+    g.add_argument("--epochs", type=int, default=None, help="max training epochs per round (default: the protocol's)")
+    g.add_argument("--target-loss", type=float, default=None,
+                   help="also train until the mean training loss is at most this (default: the protocol's)")
     g.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
     g.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
     g.add_argument("--trainer", default="supervised",
@@ -139,10 +150,13 @@ def _configs(args: argparse.Namespace) -> list:
         raise ValueError("--strategy is empty")
     if len(set(names)) != len(names):
         raise ValueError(f"--strategy lists a name twice: {args.strategy!r}")
+    from jaxal import protocols
+
     model_options = {"widths": parse_int_list(args.widths, "--widths")} if args.widths else {}
-    train = TrainConfig(
-        loss=args.loss, learning_rate=args.lr, batch_size=args.batch_size, max_epochs=args.epochs
-    )
+    model_options.update(parse_options(args.model_option, "--model-option"))
+    explicit_train = {"loss": args.loss, "max_epochs": args.epochs, "target_loss": args.target_loss}
+    explicit_train = {k: v for k, v in explicit_train.items() if v is not None}
+    train = TrainConfig(learning_rate=args.lr, batch_size=args.batch_size, **explicit_train)
     base = ExperimentConfig(
         dataset=args.dataset,
         dataset_options=parse_options(args.dataset_option, "--dataset-option"),
@@ -153,7 +167,7 @@ def _configs(args: argparse.Namespace) -> list:
         initial_size=args.initial,
         budget=args.budget,
         rounds=args.rounds,
-        start=args.start,
+        start=args.start or "cold",
         lam=args.lam,
         sigma=args.sigma,
         noise=args.noise,
@@ -164,6 +178,8 @@ def _configs(args: argparse.Namespace) -> list:
         trainer=args.trainer,
         ssl_options=parse_options(args.ssl_option, "--ssl-option"),
     )
+    explicit = [k for k, v in (("start", args.start), ("candidates", args.candidates)) if v is not None]
+    base = protocols.apply(base, args.protocol, keep=explicit, keep_train=explicit_train)
     crc_opts = {} if args.crc_group_size is None else {"group_size": args.crc_group_size}
     configs = [
         dataclasses.replace(
@@ -227,33 +243,37 @@ def run_command(args: argparse.Namespace) -> int:
 
     from jaxal.evaluate import plot_learning_curves
     from jaxal.loop import run
+    from jaxal.protocols import describe
 
     console = Console(soft_wrap=True, highlight=False)
     if args.resume and not args.out:
         raise ValueError("--resume needs --out: the directory of the run to continue")
-    configs = _configs(args)
+    from jaxal.compare import label_of
+
+    configs = compare_configs(args)
     out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     args.out_resolved = out  # for the interrupt message
     seeds = sorted({c.seed for c in configs})
     c0 = configs[0]
     console.print(
         f"jaxal run: {c0.dataset}, {c0.model}, initial {c0.initial_size}, budget {c0.budget} x {c0.rounds} "
-        f"rounds, seeds {seeds}, {c0.start} start\noutput: {out}",
+        f"rounds, seeds {seeds}\nprotocol: {c0.protocol} ({describe(c0.protocol)})\noutput: {out}",
         highlight=False,
     )
     show_progress = not args.quiet and console.is_terminal
     results: dict[str, list[list[dict]]] = {}
     dirs: dict[str, list[str]] = {}
     for c in configs:
-        run_dir = os.path.join(out, c.strategy, f"seed{c.seed}")
+        label = label_of(c)
+        run_dir = os.path.join(out, label, f"seed{c.seed}")
         t0 = time.perf_counter()
         records = run(c, run_dir, resume=args.resume, progress=show_progress)
-        results.setdefault(c.strategy, []).append(records)
-        dirs.setdefault(c.strategy, []).append(run_dir)
+        results.setdefault(label, []).append(records)
+        dirs.setdefault(label, []).append(run_dir)
         last = records[-1] if records else None
         if last is not None:
             console.print(
-                f"  {c.strategy:>16} seed {c.seed}: {len(records)} rounds, {last['n_labeled']} labels, "
+                f"  {label:>16} seed {c.seed}: {len(records)} rounds, {last['n_labeled']} labels, "
                 f"test accuracy {last['test_accuracy']:.3f}  ({time.perf_counter() - t0:.1f} s)",
                 highlight=False,
             )
@@ -291,10 +311,9 @@ def add_compare(subparsers: Any) -> None:
         "penalty.csv and summary.md into --out. Takes every `jaxal run` flag.",
     )
     p.add_argument("--strategies", "--strategy", dest="strategy", default="random,entropy,margin",
-                   help="comma-separated strategies; NAME-seq runs NAME in its sequential mode, e.g. "
-                   "mlmoc,mlmoc-seq (default: random,entropy,margin)")
-    p.add_argument("--model-option", action="append", metavar="KEY=VALUE",
-                   help="model option, e.g. dropout_rate=0.2 or channels=(16,32) (repeatable)")
+                   help="comma-separated arms; NAME-seq runs NAME in its sequential mode and NAME[key=value,...] "
+                   "is a variant with its own options, e.g. mlmoc,mlmoc[batch=greedy],mlmoc-seq "
+                   "(default: random,entropy,margin)")
     p.add_argument("--reference", default="random", help="baseline for differences and p-values (default: random)")
     p.add_argument("--title", default=None, help="title of the plots and summary")
     p.add_argument("--resume", action="store_true", help="accepted for symmetry with `jaxal run`: compare always "
@@ -302,44 +321,65 @@ def add_compare(subparsers: Any) -> None:
     p.set_defaults(handler=compare_command)
 
 
-def _split_sequential(names: list[str]) -> list[tuple[str, bool]]:
-    """``["mlmoc", "mlmoc-seq"]`` -> ``[("mlmoc", False), ("mlmoc", True)]``."""
+def parse_arm(text: str) -> tuple[str, bool, dict[str, Any]]:
+    """One grid arm: ``NAME``, ``NAME-seq`` (sequential mode) or a variant
+    ``NAME[key=value,...]`` / ``NAME-seq[key=value,...]`` (options for that arm only).
+
+    Returns ``(strategy, sequential, options)``. Values are Python literals as in
+    ``--option``; a value holding commas must be bracketed, e.g. ``widths=(64,64)``.
+    """
     from jaxal import strategies
     from jaxal.evaluate import SEQUENTIAL_SUFFIX
 
-    known = set(strategies.names())
-    out = []
-    for name in names:
-        if name not in known and name.endswith(SEQUENTIAL_SUFFIX):
-            out.append((name[: -len(SEQUENTIAL_SUFFIX)], True))
+    name, options = text.strip(), {}
+    if name.endswith("]") and "[" in name:
+        name, _, inner = name[:-1].partition("[")
+        options = parse_options(split_arms(inner), f"--strategies {text!r}")
+    sequential = name not in set(strategies.names()) and name.endswith(SEQUENTIAL_SUFFIX)
+    if sequential:
+        name = name[: -len(SEQUENTIAL_SUFFIX)]
+    return name, sequential, options
+
+
+def split_arms(text: str) -> list[str]:
+    """Split on commas outside brackets: ``"a=1,b=(2,3)"`` -> ``["a=1", "b=(2,3)"]``."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
         else:
-            out.append((name, False))
-    return out
+            cur += ch
+    return [p for p in parts + [cur] if p.strip()]
 
 
 def compare_configs(args: argparse.Namespace) -> list:
     """The grid's configs: `jaxal run`'s (:func:`_configs`) per base strategy, with the
-    ``-seq`` arms switched to their sequential mode and ``--model-option`` merged."""
+    ``-seq`` arms switched to their sequential mode and each ``NAME[k=v]`` variant's
+    options added; an arm that is not a plain strategy is labelled by its text."""
     from jaxal.loop import validate
 
-    names = [s.strip() for s in args.strategy.split(",") if s.strip()]
+    names = split_arms(args.strategy)
+    names = [s.strip() for s in names if s.strip()]
     if not names:
         raise ValueError("--strategies is empty")
     if len(set(names)) != len(names):
-        raise ValueError(f"--strategies lists a name twice: {args.strategy!r}")
-    arms = _split_sequential(names)
+        raise ValueError(f"--strategies lists an arm twice: {args.strategy!r}")
+    arms = [(text, *parse_arm(text)) for text in names]
     base = argparse.Namespace(**vars(args))
-    base.strategy = ",".join(dict.fromkeys(name for name, _ in arms))
+    base.strategy = ",".join(dict.fromkeys(name for _, name, _, _ in arms))
     base.sequential = False
     by_name: dict[str, list] = {}
     for c in _configs(base):
         by_name.setdefault(c.strategy, []).append(c)
-    model_options = parse_options(args.model_option, "--model-option")
     configs = []
-    for name, seq in arms:
+    for text, name, seq, options in arms:
+        label = text if options else None
         for c in by_name[name]:
-            c = dataclasses.replace(c, sequential=seq or args.sequential,
-                                    model_options={**dict(c.model_options), **model_options})
+            c = dataclasses.replace(c, sequential=seq or args.sequential, label=label,
+                                    strategy_options={**dict(c.strategy_options), **options})
             configs.append(validate(c))
     return configs
 

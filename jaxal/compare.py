@@ -53,7 +53,7 @@ class GridRun(NamedTuple):
 
 def label_of(config: ExperimentConfig) -> str:
     """The arm name of a config (see :func:`jaxal.evaluate.run_label`)."""
-    return ev.run_label({"strategy": config.strategy, "sequential": config.sequential})
+    return ev.run_label({"strategy": config.strategy, "sequential": config.sequential, "label": config.label})
 
 
 def plan(

@@ -177,7 +177,10 @@ Curves = dict[str, dict[int, dict[int, float]]]
 
 
 def run_label(config: Mapping[str, Any]) -> str:
-    """The arm a run belongs to: its strategy, plus ``-seq`` when it ran sequentially."""
+    """The arm a run belongs to: its ``label`` when set (a variant such as
+    ``mlmoc[batch=greedy]``), else its strategy, plus ``-seq`` when it ran sequentially."""
+    if config.get("label"):
+        return str(config["label"])
     strategy = str(config.get("strategy", "?"))
     return strategy + SEQUENTIAL_SUFFIX if config.get("sequential") else strategy
 

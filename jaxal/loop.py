@@ -38,6 +38,7 @@ from jaxal import checkpoint as ckpt
 from jaxal import data as data_lib
 from jaxal import models as models_lib
 from jaxal import ssl, strategies
+from jaxal.protocols import PROTOCOLS
 from jaxal.strategies.base import as_query, make_context
 from jaxal.train import TrainConfig, evaluate, init_variables, restart, train
 from jaxal.validation import check_budget, check_choice
@@ -51,8 +52,9 @@ START_MODES = ("cold", "warm", "shrink_perturb")
 NOISES = ("init", "gaussian")
 
 # Config keys that do not change what a run computes: a resume may change them
-# (``rounds`` extends or shortens a run; ``data_dir`` only says where files are).
-RESUMABLE_KEYS = ("rounds", "data_dir")
+# (``rounds`` extends or shortens a run; ``data_dir`` only says where files are;
+# ``label`` only names the arm in comparisons).
+RESUMABLE_KEYS = ("rounds", "data_dir", "label")
 
 # Tags for fold_in: one stream per purpose, independent of the strategy.
 _TAG_INITIAL_SET, _TAG_INIT_MODEL, _TAG_ROUND = 1, 2, 3
@@ -90,6 +92,13 @@ class ExperimentConfig:
       ssl_options: keyword arguments of :class:`jaxal.ssl.SSLConfig` (``steps``,
         ``threshold``, ...); augmentations come from
         :func:`jaxal.augment.for_dataset` for the data set.
+      retrain_inference_mode: rounds after the first train with
+        ``TrainConfig.inference_mode`` (BatchNorm statistics frozen, dropout off).
+      protocol: the name of the :mod:`jaxal.protocols` protocol these settings came
+        from (``standard`` or ``lookahead``); a label, see :func:`jaxal.protocols.apply`.
+      label: the arm's name in comparisons (default: the strategy, ``-seq`` when
+        sequential); e.g. ``mlmoc[batch=greedy]`` for a variant. Not part of the
+        fingerprint.
     """
 
     dataset: str = "digits"
@@ -113,6 +122,9 @@ class ExperimentConfig:
     sequential: bool = False
     trainer: str = "supervised"
     ssl_options: Mapping[str, Any] = field(default_factory=dict)
+    retrain_inference_mode: bool = False
+    protocol: str = "standard"
+    label: str | None = None
 
     def to_dict(self) -> dict:
         """A JSON-able dict (tuples become lists)."""
@@ -190,6 +202,7 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     check_choice("start", config.start, START_MODES)
     check_choice("noise", config.noise, NOISES)
     check_choice("trainer", config.trainer, ssl.trainers())
+    check_choice("protocol", config.protocol, PROTOCOLS)
     if config.trainer != "supervised":
         ssl.SSLConfig(**dict(config.ssl_options))  # its own ValueErrors name the bad field
     elif config.ssl_options:
@@ -405,7 +418,7 @@ def run(
             emit("queried", r)
 
             idx = np.asarray(labeled, dtype=np.int64)
-            result = _fit(config, k_train, module, variables, x_train, y_train, idx, ds.num_classes)
+            result = _fit(config, k_train, module, variables, x_train, y_train, idx, ds.num_classes, r)
             variables = result.variables
             test_acc, test_loss = evaluate(
                 module, variables, ds.x_test, ds.y_test, ds.num_classes, config.train.loss
@@ -451,15 +464,19 @@ def _fit(
     y_train: np.ndarray,
     labeled: np.ndarray,
     num_classes: int,
+    r: int = 0,
 ) -> Any:
     """Train on the labeled rows (and, for a semi-supervised trainer, the unlabeled ones)."""
+    train_config = config.train
+    if r > 0 and config.retrain_inference_mode:
+        train_config = dataclasses.replace(train_config, inference_mode=True)
     if config.trainer == "supervised":
-        return train(key, module, variables, x_train[labeled], y_train[labeled], num_classes, config.train)
+        return train(key, module, variables, x_train[labeled], y_train[labeled], num_classes, train_config)
     unlabeled = np.setdiff1d(np.arange(x_train.shape[0]), labeled)
     ssl_config = ssl.SSLConfig(**dict(config.ssl_options), augment=augment.for_dataset(_augment_name(config.dataset)))
     fn = ssl.get_trainer(config.trainer)
     return fn(key, module, variables, x_train[labeled], y_train[labeled], x_train[unlabeled], num_classes,
-              config.train, ssl_config)
+              train_config, ssl_config)
 
 
 def _augment_name(dataset: str) -> str:

@@ -3,9 +3,17 @@
 - Losses: ``"cross_entropy"`` (softmax CE on integer labels) and ``"squared"``
   (``sum_c (f_c(x) - onehot(y)_c)^2``, mean over examples; the loss the NTK
   look-ahead linearises).
-- Stop rule: after each epoch the training accuracy is measured in inference mode
-  (running BatchNorm statistics, no dropout) over the whole labeled set; training
-  stops when it reaches ``target_accuracy`` or after ``max_epochs``.
+- Stop rule: after each epoch the training accuracy and loss are measured in
+  inference mode (running BatchNorm statistics, no dropout) over the whole labeled
+  set; training stops when the accuracy reaches ``target_accuracy`` and (when
+  ``target_loss`` is set) the mean loss is at most ``target_loss``, or after
+  ``max_epochs``. The accuracy rule alone (the usual 99% rule) can leave a large
+  residual ``y − f`` on the labeled set; the loss rule trains to a small one, which
+  is what the NTK look-ahead assumes (it linearises training *to convergence*).
+- Inference-mode training (``inference_mode=True``): the forward pass of every step
+  uses the running BatchNorm statistics (frozen, never updated) and no dropout, so
+  the function being trained is exactly the one whose empirical NTK the look-ahead
+  computes.
 - Mini-batches: an epoch is ``k ~ round(n / batch_size)`` batches of equal
   size ``n // k`` from a fresh permutation; the ``n mod k < k`` left-over examples
   sit out that epoch (a different few each time). So batches are never of size 1
@@ -56,6 +64,11 @@ class TrainConfig:
       batch_size: nominal mini-batch size (>= 2); see the module docstring.
       max_epochs: epoch cap (>= 1).
       target_accuracy: stop once the training accuracy reaches this, in (0, 1].
+      target_loss: if set (> 0), also require the mean training loss to be at most
+        this before stopping (e.g. ``0.01`` with the squared loss: a root-mean-square
+        residual of 0.1 per example).
+      inference_mode: train with running BatchNorm statistics frozen and dropout off
+        (see the module docstring).
     """
 
     loss: str = "cross_entropy"
@@ -65,6 +78,8 @@ class TrainConfig:
     batch_size: int = 64
     max_epochs: int = 100
     target_accuracy: float = 0.99
+    target_loss: float | None = None
+    inference_mode: bool = False
 
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, LOSSES)
@@ -79,6 +94,10 @@ class TrainConfig:
             raise ValueError(f"max_epochs must be an integer >= 1, got {self.max_epochs!r}")
         if not 0 < self.target_accuracy <= 1:
             raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
+        if self.target_loss is not None and not (isinstance(self.target_loss, (int, float)) and self.target_loss > 0):
+            raise ValueError(f"target_loss must be None or a positive number, got {self.target_loss!r}")
+        if not isinstance(self.inference_mode, bool):
+            raise ValueError(f"inference_mode must be True or False, got {self.inference_mode!r}")
 
 
 class TrainResult(NamedTuple):
@@ -90,7 +109,8 @@ class TrainResult(NamedTuple):
       train_accuracy: final accuracy on the training set, inference mode.
       train_loss: final mean loss on the training set, inference mode.
       seconds: wall time, compilation included.
-      reached_target: whether ``train_accuracy >= target_accuracy``.
+      reached_target: whether the stop rule was met (accuracy, and loss when
+        ``target_loss`` is set).
     """
 
     variables: Any
@@ -157,10 +177,11 @@ def _step_fn(module: nn.Module, config: TrainConfig, num_classes: int):
         idx = batches[i]
         xb, yb = x[idx], y[idx]
         key = jax.random.fold_in(epoch_key, i)
-        mutable = list(state) or False  # flax returns (out, {}) for an empty list
+        training = not config.inference_mode
+        mutable = (list(state) or False) if training else False  # flax returns (out, {}) for an empty list
 
         def loss_of(p):
-            out = module.apply({"params": p, **state}, xb, train=True, rngs={"dropout": key}, mutable=mutable)
+            out = module.apply({"params": p, **state}, xb, train=training, rngs={"dropout": key}, mutable=mutable)
             logits, new_state = out if mutable else (out, {})
             return jnp.mean(loss_fn(config.loss, logits, yb, num_classes)), new_state
 
@@ -282,7 +303,7 @@ def train(
         raise ValueError(f"num_classes={num_classes} but the module outputs {out.shape[-1]} logits")
 
     # stop-rule and batching fields do not change the compiled step: share its cache entry
-    step_config = dataclasses.replace(config, batch_size=2, max_epochs=1, target_accuracy=1.0)
+    step_config = dataclasses.replace(config, batch_size=2, max_epochs=1, target_accuracy=1.0, target_loss=None)
     tx, step = _step_fn(module, step_config, num_classes)
     evaluate_chunks = _eval_fn(module, config.loss, num_classes)
     chunks = _chunked(x_np, y_np, 1024)  # on the device once, reused every epoch
@@ -296,7 +317,7 @@ def train(
             params, state, opt_state, _ = step(params, state, opt_state, epoch_key, x_dev, y_dev, batches, i)
         correct, total = evaluate_chunks({"params": params, **state}, *chunks)
         acc, loss = float(correct) / n, float(total) / n
-        if acc >= config.target_accuracy:
+        if _reached(acc, loss, config):
             break
     return TrainResult(
         variables={"params": params, **state},
@@ -304,8 +325,13 @@ def train(
         train_accuracy=acc,
         train_loss=loss,
         seconds=time.perf_counter() - t0,
-        reached_target=bool(acc >= config.target_accuracy),
+        reached_target=_reached(acc, loss, config),
     )
+
+
+def _reached(accuracy: float, loss: float, config: TrainConfig) -> bool:
+    """The stop rule: accuracy at target and, when ``target_loss`` is set, loss at most it."""
+    return bool(accuracy >= config.target_accuracy and (config.target_loss is None or loss <= config.target_loss))
 
 
 def restart(
