@@ -64,7 +64,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from jaxal import protocols
 from jaxal import strategies as registry
+from jaxal.cli import parse_arm, split_arms
 from jaxal.compare import compare, run_grid
 from jaxal.evaluate import SEQUENTIAL_SUFFIX
 from jaxal.loop import ExperimentConfig
@@ -74,6 +76,9 @@ from jaxal.train import TrainConfig
 STRATEGIES = ("random", "entropy", "margin", "least_confidence", "coreset", "badge", "bald", "mlmoc",
               "mlmoc" + SEQUENTIAL_SUFFIX, "crc")
 QUICK_STRATEGIES = ("random", "margin", "mlmoc")
+#: the look-ahead protocol's grid: the flagship's three batch modes against the baselines.
+LOOKAHEAD_STRATEGIES = ("random", "entropy", "margin", "badge", "mlmoc", "mlmoc[batch=greedy]",
+                        "mlmoc" + SEQUENTIAL_SUFFIX, "emoc", "crc")
 DROPOUT = 0.25
 DEFAULT_OUT = os.path.join("benchmarks", "results", "al_quality")
 
@@ -98,14 +103,20 @@ class Setting:
     # "*" for the others, "compile" once per setting; only for the printed estimate.
     prior_seconds: Mapping[str, float] = field(default_factory=dict)
 
-    def config(self, strategy: str, seed: int, loss: str) -> ExperimentConfig:
-        """The :class:`ExperimentConfig` of one strategy (``-seq``: sequential) and seed."""
-        sequential = strategy.endswith(SEQUENTIAL_SUFFIX)
-        name = strategy[: -len(SEQUENTIAL_SUFFIX)] if sequential else strategy
+    def config(self, strategy: str, seed: int, loss: str, protocol: str = "standard") -> ExperimentConfig:
+        """The :class:`ExperimentConfig` of one arm and seed.
+
+        ``strategy`` is an arm: ``NAME``, ``NAME-seq`` (sequential) or ``NAME[key=value]``
+        (a variant, labelled by its text). ``protocol="lookahead"`` applies
+        :func:`jaxal.protocols.apply` (warm start, squared loss to a small residual, ...)
+        keeping this setting's epoch cap, batch size and candidates.
+        """
+        name, sequential, variant = parse_arm(strategy)
         options: dict[str, Any] = {}
         if name == "crc":
             options["group_size"] = self.crc_group_size
-        return ExperimentConfig(
+        options.update(variant)
+        config = ExperimentConfig(
             dataset=self.dataset,
             model=self.model,
             model_options=dict(self.model_options),
@@ -119,7 +130,11 @@ class Setting:
             train=TrainConfig(loss=loss, max_epochs=self.epochs, batch_size=self.batch_size),
             candidates=self.candidates,
             sequential=sequential,
+            label=strategy if variant else None,
         )
+        if protocol != "standard":
+            config = protocols.apply(config, protocol, keep=["candidates"], keep_train=["max_epochs", "batch_size"])
+        return config
 
 
 # Prior cost per run in seconds with warm jit caches ("*": the others) and the one-off
@@ -144,6 +159,24 @@ SETTINGS = {
 }
 
 
+# The look-ahead protocol's grid (no dropout: the look-ahead's kernel is the deterministic
+# network's, and BALD is not in this grid). 1,000 random candidates per round (the
+# look-ahead's S); MLP width 512 and a small CNN on MNIST-1D with 100 initial labels.
+_PRIOR_LA = {"*": 12.0, "random": 8.0, "mlmoc-seq": 20.0, "mlmoc[batch=greedy]": 20.0, "crc": 20.0,
+             "compile": 60.0}
+LOOKAHEAD_SETTINGS = {
+    "digits-mlp": Setting("digits-mlp", "digits / MLP 512", "digits", "mlp", {"widths": (512,)},
+                          initial=20, budget=20, rounds=10, candidates=1000, epochs=300, crc_group_size=5,
+                          prior_seconds=_PRIOR_LA),
+    "mnist1d-mlp": Setting("mnist1d-mlp", "MNIST-1D / MLP 512-512", "mnist1d", "mlp", {"widths": (512, 512)},
+                           initial=100, budget=20, rounds=10, candidates=1000, epochs=300, crc_group_size=5,
+                           prior_seconds=_PRIOR_LA),
+    "mnist1d-cnn": Setting("mnist1d-cnn", "MNIST-1D / CNN", "mnist1d", "cnn", {"channels": (16, 32), "hidden": 64},
+                           initial=100, budget=20, rounds=10, candidates=1000, epochs=300, crc_group_size=5,
+                           prior_seconds=_PRIOR_LA),
+}
+
+
 def quick_setting() -> Setting:
     """CI size: digits, 2 rounds of 20 from 20 labels, 200 candidates, 30 epochs."""
     return dataclasses.replace(SETTINGS["digits-mlp"], rounds=2, candidates=200, epochs=30)
@@ -154,10 +187,10 @@ def available(names: Sequence[str]) -> list[str]:
     known = set(registry.names())
     kept = []
     for s in names:
-        base = s[: -len(SEQUENTIAL_SUFFIX)] if s.endswith(SEQUENTIAL_SUFFIX) else s
+        base, sequential, _ = parse_arm(s)
         if base not in known:
             warnings.warn(f"strategy {base!r} is not registered (yet): skipped", stacklevel=2)
-        elif base != s and not hasattr(registry.get(base), "sequential"):
+        elif sequential and not hasattr(registry.get(base), "sequential"):
             warnings.warn(f"strategy {base!r} has no sequential mode: {s!r} skipped", stacklevel=2)
         else:
             kept.append(s)
@@ -175,9 +208,9 @@ def _fmt_time(seconds: float) -> str:
 
 
 def run_setting(setting: Setting, strategies: Sequence[str], seeds: int, out: str, loss: str,
-                progress: bool) -> tuple[Report, float]:
+                progress: bool, protocol: str = "standard") -> tuple[Report, float]:
     """Seed 0 of every strategy first (the measured projection), then the rest, then the report."""
-    configs = [setting.config(s, k, loss) for k in range(seeds) for s in strategies]
+    configs = [setting.config(s, k, loss, protocol) for k in range(seeds) for s in strategies]
     t0 = time.perf_counter()
     run_grid([c for c in configs if c.seed == 0], out, progress=progress)
     first = time.perf_counter() - t0
@@ -196,7 +229,7 @@ def readme_table(reports: Mapping[str, Report], settings: Mapping[str, Setting],
         for r in reports[name].rows:
             if r.label not in labels:
                 labels.append(r.label)
-    order = {lab: k for k, lab in enumerate(STRATEGIES)}
+    order = {lab: k for k, lab in enumerate(dict.fromkeys(STRATEGIES + LOOKAHEAD_STRATEGIES))}
     labels.sort(key=lambda lab: order.get(lab, len(order)))
     mark = {"better": " ▲", "worse": " ▼"}
     lines = [
@@ -253,21 +286,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 10; quick: 2)")
     ap.add_argument("--settings", default=None, help=f"comma-separated subset of {','.join(SETTINGS)}")
     ap.add_argument("--strategies", default=None, help="comma-separated subset (NAME-seq: sequential mode)")
-    ap.add_argument("--loss", default="cross_entropy", help="training loss for every strategy (default: cross_entropy)")
+    ap.add_argument("--loss", default="cross_entropy", help="training loss for every strategy, standard protocol "
+                    "(default: cross_entropy; the lookahead protocol always uses the squared loss)")
+    ap.add_argument("--protocol", default="standard", choices=protocols.PROTOCOLS,
+                    help="standard: the grid above (cold start, 99%% rule); lookahead: the look-ahead protocol's "
+                    "grid (warm start, squared loss to a small residual; MLP 512 and CNN; default: standard)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
 
-    out = args.out or (os.path.join(DEFAULT_OUT, "quick") if args.quick else DEFAULT_OUT)
+    lookahead = args.protocol == "lookahead"
+    default_out = os.path.join(DEFAULT_OUT, "lookahead") if lookahead else DEFAULT_OUT
+    out = args.out or (os.path.join(default_out, "quick") if args.quick else default_out)
     seeds = args.seeds or (2 if args.quick else 10)
+    table_of = LOOKAHEAD_SETTINGS if lookahead else SETTINGS
     if args.quick:
         settings = {"digits-mlp": quick_setting()}
     else:
-        names = args.settings.split(",") if args.settings else list(SETTINGS)
-        unknown = [n for n in names if n not in SETTINGS]
+        names = args.settings.split(",") if args.settings else list(table_of)
+        unknown = [n for n in names if n not in table_of]
         if unknown:
-            ap.error(f"unknown settings {unknown}; valid: {', '.join(SETTINGS)}")
-        settings = {n: SETTINGS[n] for n in names}
-    wanted = args.strategies.split(",") if args.strategies else list(QUICK_STRATEGIES if args.quick else STRATEGIES)
+            ap.error(f"unknown settings {unknown}; valid: {', '.join(table_of)}")
+        settings = {n: table_of[n] for n in names}
+    default = QUICK_STRATEGIES if args.quick else LOOKAHEAD_STRATEGIES if lookahead else STRATEGIES
+    wanted = split_arms(args.strategies) if args.strategies else list(default)
     strategies = available(wanted)
     if "random" not in strategies:
         print("warning: no random arm: differences to random, p-values and penalty matrices are skipped", flush=True)
@@ -275,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     total = sum(prior_estimate(s, strategies, seeds) for s in settings.values())
     print(f"al_quality: {len(settings)} settings x {len(strategies)} strategies x {seeds} seeds = "
-          f"{len(settings) * len(strategies) * seeds} runs; loss {args.loss}; output {out}\n"
+          f"{len(settings) * len(strategies) * seeds} runs; protocol {args.protocol}; output {out}\n"
           f"strategies: {', '.join(strategies)}\n"
           f"prior estimate on 2 idle cores: ~{_fmt_time(total)} (a shared machine is slower)", flush=True)
     reports, seconds = {}, {}
@@ -283,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"[{name}] {setting.title}: {setting.initial} + {setting.rounds} x {setting.budget} labels, "
               f"prior ~{_fmt_time(prior_estimate(setting, strategies, seeds))}", flush=True)
         reports[name], seconds[name] = run_setting(setting, strategies, seeds, os.path.join(out, name), args.loss,
-                                                   progress)
+                                                   progress, args.protocol)
         print(f"[{name}] done in {_fmt_time(seconds[name])}: {os.path.join(out, name, 'summary.md')}", flush=True)
 
     table = readme_table(reports, settings, seeds)
@@ -293,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = {
         "mode": "quick" if args.quick else "full",
         "seeds": seeds,
-        "loss": args.loss,
+        "loss": "squared" if lookahead else args.loss,
+        "protocol": args.protocol,
         "strategies": strategies,
         "settings": {n: dataclasses.asdict(s) | _jsonable_report(reports[n], seconds[n]) for n, s in settings.items()},
     }

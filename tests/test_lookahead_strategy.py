@@ -80,3 +80,37 @@ def test_sequential_strategy_asks_the_oracle_after_each_pick():
     ctx = jaxal.strategies.base.make_context(model, x_labeled=xl, y_labeled=yl, x_pool=xu)
     q = jaxal.strategies.get("mlmoc").sequential(jax.random.PRNGKey(0), ctx, 4, oracle)
     assert asked == q.indices.tolist() and len(set(asked)) == 4 and q.info["labels"] == [0, 0, 0, 0]
+
+
+def test_linearised_reference_scores_only_the_candidate_term():
+    """reference='linearised': score(j) = Σ_x ‖f_lin^{+j}(x) − f_lin(x)‖ with the
+    pseudo-label argmax f_lin(x_j), each f_lin a direct float64 kernel-regression solve."""
+    with jax.enable_x64(True):
+        model, xl, yl, xu = _setup(3, n_l=5, n_u=10)
+        model = model.replace_params(jax.tree.map(lambda p: p.astype(np.float64), model.params))
+        xl, xu = xl.astype(np.float64), xu.astype(np.float64)
+        x = np.concatenate([xl, xu])
+        k = np.asarray(jaxal.ntk.kernel(model, x, contraction="single_logit"))
+        f = np.asarray(model.logits(x))
+        n_l, c = len(xl), f.shape[1]
+
+        def f_lin(rows, targets):  # kernel regression of the residuals on `rows`, added to f
+            resid = targets - f[rows]
+            return f + k[:, rows] @ np.linalg.solve(k[np.ix_(rows, rows)], resid)
+
+        y_l = np.eye(c)[yl]
+        base = f_lin(list(range(n_l)), y_l)[n_l:]
+        brute = []
+        for j in range(len(xu)):
+            y_j = np.eye(c)[np.argmax(base[j])]
+            moved = f_lin(list(range(n_l)) + [n_l + j], np.concatenate([y_l, y_j[None]]))[n_l:]
+            brute.append(np.sum(np.linalg.norm(moved - base, axis=1)))
+        q = jaxal.select("mlmoc", jax.random.PRNGKey(0), model, x_labeled=xl, y_labeled=yl, x_pool=xu, budget=3,
+                         reference="linearised", return_query=True)
+        assert set(q.indices.tolist()) == set(np.argsort(-np.asarray(brute))[:3].tolist())
+        net = jaxal.select("mlmoc", jax.random.PRNGKey(0), model, x_labeled=xl, y_labeled=yl, x_pool=xu, budget=3,
+                           reference="network")
+        assert len(set(np.asarray(net).tolist())) == 3
+        with pytest.raises(ValueError, match="reference"):
+            jaxal.select("mlmoc", jax.random.PRNGKey(0), model, x_labeled=xl, y_labeled=yl, x_pool=xu, budget=3,
+                         reference="nope")

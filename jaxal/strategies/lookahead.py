@@ -16,13 +16,31 @@ Which sign is best:
 
 ``p`` is the probability map of the ``probability`` option: ``"softmax"`` (default) or
 ``"simplex"`` (Euclidean projection onto the simplex, as the authors' code does for
-squared-loss outputs). The look-ahead linearises squared-loss training (the paper's
-setting): train with ``jaxal run --loss squared``; cross-entropy models work but the
-approximation is looser.
+squared-loss outputs).
+
+What the look-ahead models: gradient descent continued *from the current network* on
+``L ∪ {x'}`` with the squared loss, to convergence. Run it under that protocol
+(``jaxal run --protocol lookahead``: squared loss, warm start, training to a small
+residual, BatchNorm frozen); cross-entropy models and cold restarts work, but then
+the scores model a retraining the loop never does.
+
+Which reference a score measures change against (option ``reference``):
+
+- ``"network"`` (default, the paper's eq. 13): ``f⁺_lin(x) − f(x)``. This includes the
+  candidate-independent offset ``c(x) = f_lin(x) − f(x) = k(x, L) K_LL⁻¹ R``, the
+  kernel's fit of the residuals ``R`` still left on ``L``. Under the look-ahead
+  protocol ``R`` is small and so is ``c``; after a loose fit ``c`` can dominate every
+  score.
+- ``"linearised"``: ``f⁺_lin(x) − f_lin(x)``, the candidate's own term only;
+  pseudo-labels are then ``argmax f_lin(x')``.
 
 Sequential mode: each strategy has ``.sequential(key, ctx, budget, oracle, **options)``
 (used by the loop's ``--sequential``) which asks ``oracle(i)`` for the true label after
 every pick and conditions on it (rank-1, ``O(|S|²)``), with no retraining in between.
+After ``k`` labels the reference is the network's outputs moved by the ``k`` earlier
+exact kernel updates (``f + Σ increments``, plus the offset when
+``reference="network"``), so each pick measures change against the prediction that
+already knows the earlier answers.
 """
 
 from __future__ import annotations
@@ -35,7 +53,7 @@ import numpy as np
 
 from jaxal.lookahead import core
 from jaxal.lookahead.baselines import one_step_sgd_scores
-from jaxal.lookahead.sequential import init_from_model
+from jaxal.lookahead.sequential import KERNELS as KERNEL_APPROXIMATIONS, init_from_model
 from jaxal.strategies.base import Context, Query, register
 from jaxal.strategies.common import top_k_indices
 from jaxal.validation import check_choice
@@ -43,7 +61,8 @@ from jaxal.validation import check_choice
 __all__ = ["mlmoc", "emoc", "eer", "flip_rate"]
 
 BATCH_MODES = ("topk", "greedy")
-KERNELS = ("empirical", "infinite", "sgd")
+KERNELS = tuple(KERNEL_APPROXIMATIONS) + ("sgd",)
+REFERENCES = ("network", "linearised")
 
 
 def _eval_rows(key: jax.Array, pool_size: int, budget: int, eval_size: int | None) -> np.ndarray:
@@ -58,6 +77,14 @@ def _eval_rows(key: jax.Array, pool_size: int, budget: int, eval_size: int | Non
 def _state(ctx: Context, rows: np.ndarray, options: dict) -> tuple[core.LookaheadState, core.LookaheadInfo]:
     x_eval = np.asarray(ctx.x_pool)[rows]
     return init_from_model(ctx.model, ctx.x_labeled, ctx.y_labeled, x_eval, **options)
+
+
+def _with_reference(state: core.LookaheadState, reference: str) -> core.LookaheadState:
+    """``reference="linearised"``: measure changes against ``f_lin`` (drop the offset)."""
+    check_choice("reference", reference, REFERENCES)
+    if reference == "network":
+        return state
+    return state._replace(offset=jnp.zeros_like(state.offset))
 
 
 def _info(objective: str, rows: np.ndarray, linfo: core.LookaheadInfo | None, **extra: Any) -> dict:
@@ -80,7 +107,8 @@ def _make(objective: str) -> Callable:
         contraction: str = "single_logit",
         subset: Any = "all",
         probability: str = "softmax",
-        learning_rate: float = 0.01,
+        reference: str = "network",
+        learning_rate: float | None = None,
         depth: int | None = None,
         jitter: float | None = None,
         variance_floor: float | None = None,
@@ -89,6 +117,7 @@ def _make(objective: str) -> Callable:
         check_choice("batch", batch, BATCH_MODES)
         check_choice("kernel", kernel, KERNELS)
         check_choice("probability", probability, core.PROBABILITY_MAPS)
+        check_choice("reference", reference, REFERENCES)
         key_eval, key_tie = jax.random.split(key)
         rows = _eval_rows(key_eval, int(np.shape(ctx.x_pool)[0]), budget, eval_size)
         if kernel == "sgd":
@@ -100,6 +129,7 @@ def _make(objective: str) -> Callable:
             return Query(rows[picks], _info(objective, rows, None, kernel=kernel, batch=batch))
         state, linfo = _state(ctx, rows, dict(kernel=kernel, contraction=contraction, subset=subset, depth=depth,
                                                jitter=jitter, variance_floor=variance_floor))
+        state = _with_reference(state, reference)
         if batch == "topk":
             s, clamped = core.scores(state, objective, probability, chunk_size)
             picks, n_clamped = top_k_indices(s, budget, key_tie), int(np.sum(np.asarray(clamped)))
@@ -125,7 +155,8 @@ def _make(objective: str) -> Callable:
         variance_floor: float | None = None,
         chunk_size: int | None = None,
         batch: str = "topk",
-        learning_rate: float = 0.01,
+        reference: str = "network",
+        learning_rate: float | None = None,
     ) -> Query:
         """Pick ``budget`` points one at a time, conditioning on ``oracle(pool_row)`` after each.
 
@@ -134,10 +165,11 @@ def _make(objective: str) -> Callable:
         update is the exact kernel rule (``kernel='sgd'`` is not available here).
         """
         check_choice("batch", batch, BATCH_MODES)
-        check_choice("kernel", kernel, KERNELS[:2])
+        check_choice("kernel", kernel, KERNEL_APPROXIMATIONS)
         rows = _eval_rows(key, int(np.shape(ctx.x_pool)[0]), budget, eval_size)
         state, linfo = _state(ctx, rows, dict(kernel=kernel, contraction=contraction, subset=subset, depth=depth,
                                                jitter=jitter, variance_floor=variance_floor))
+        state = _with_reference(state, reference)
         picks, labels = [], []
         for _ in range(budget):
             i = int(jnp.argmax(core.scores(state, objective, probability, chunk_size)[0]))
@@ -156,7 +188,10 @@ def _make(objective: str) -> Callable:
         "``batch`` ('topk' | 'greedy'), ``kernel`` ('empirical' | 'infinite' | 'sgd'), "
         "``contraction`` ('single_logit' | 'sum_logits' | 'trace' | 'full': |S|C×|S|C, small S only), "
         "``subset`` ('all' | 'head' | callable), ``probability`` ('softmax' | 'simplex'), "
-        "``learning_rate`` (kernel='sgd'), ``depth`` (kernel='infinite'), ``jitter``, "
+        "``reference`` ('network': change measured against the network's outputs f, offset included; "
+        "'linearised': against f_lin, the candidate's own term only), "
+        "``learning_rate`` (kernel='sgd'; default: the step that fits the candidate's residual), "
+        "``depth`` (kernel='infinite*'), ``jitter``, "
         "``variance_floor``, ``chunk_size``. ``Query.info`` reports the jitter and the number of "
         "clamped candidates."
     )
