@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 
-DEFAULT_STRATEGIES = "mlmoc,entropy,random"
+DEFAULT_STRATEGIES = "mlmoc[batch=greedy],mlmoc-seq,entropy,random"
+DEFAULT_PROTOCOL = "lookahead"
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -79,7 +80,8 @@ def add_run(subparsers: Any) -> None:
     """``jaxal run``: active-learning experiments, one run per strategy and seed."""
     p = subparsers.add_parser(
         "run",
-        help="run active-learning experiments (default: digits, MLP, NTK look-ahead MLMOC vs entropy vs random)",
+        help="run active-learning experiments (default: digits, MLP, NTK look-ahead MLMOC (greedy batch and "
+        "sequential) vs entropy vs random under the look-ahead protocol)",
         description="Run active learning for each strategy and seed; write records, checkpoints and a "
         "learning-curve plot under --out.",
     )
@@ -106,10 +108,11 @@ def add_run(subparsers: Any) -> None:
     g.add_argument("--sequential", action="store_true", help="query one point at a time with the oracle in the loop")
     g.add_argument("--seeds", default="1", help="number of seeds (0..N-1) or a comma-separated list (default: 1)")
     g = p.add_argument_group("training")
-    g.add_argument("--protocol", default="standard",
-                   help="how rounds retrain: standard (cold start, cross-entropy, 99%% training accuracy) | "
-                   "lookahead (warm start, squared loss to a small residual, BatchNorm frozen after round 0, "
-                   "1000 candidates: what the NTK look-ahead models). Explicit flags override it (default: standard)")
+    g.add_argument("--protocol", default=None,
+                   help="how rounds retrain: lookahead (warm start, squared loss to a small residual, BatchNorm "
+                   "frozen after round 0, 1000 candidates: what the NTK look-ahead models) | standard (cold start, "
+                   "cross-entropy, 99%% training accuracy: the usual deep-AL protocol). Explicit flags override "
+                   f"it (default: {DEFAULT_PROTOCOL}; standard with a semi-supervised --trainer)")
     g.add_argument("--start", default=None, help="cold | warm | shrink_perturb (default: the protocol's)")
     g.add_argument("--lam", type=float, default=0.5, help="shrink factor for shrink_perturb (default: 0.5)")
     g.add_argument("--sigma", type=float, default=0.01, help="perturbation scale for shrink_perturb (default: 0.01)")
@@ -179,7 +182,8 @@ def _configs(args: argparse.Namespace) -> list:
         ssl_options=parse_options(args.ssl_option, "--ssl-option"),
     )
     explicit = [k for k, v in (("start", args.start), ("candidates", args.candidates)) if v is not None]
-    base = protocols.apply(base, args.protocol, keep=explicit, keep_train=explicit_train)
+    protocol = args.protocol or (DEFAULT_PROTOCOL if args.trainer == "supervised" else "standard")
+    base = protocols.apply(base, protocol, keep=explicit, keep_train=explicit_train)
     crc_opts = {} if args.crc_group_size is None else {"group_size": args.crc_group_size}
     configs = [
         dataclasses.replace(

@@ -134,10 +134,16 @@ def test_cli_protocol_defaults_and_explicit_flags(tmp_path):
     assert (cfg["start"], cfg["train"]["loss"], cfg["candidates"], cfg["train"]["target_loss"]) == \
         ("cold", "cross_entropy", 50, 0.01)
     out3 = tmp_path / "o3"
-    assert main(TINY + ["--strategy", "random", "--out", str(out3)]) == 0
+    assert main(TINY + ["--strategy", "random", "--protocol", "standard", "--out", str(out3)]) == 0
     cfg = json.loads((out3 / "random" / "seed0" / "config.json").read_text())
     assert (cfg["protocol"], cfg["start"], cfg["train"]["loss"], cfg["candidates"]) == \
         ("standard", "cold", "cross_entropy", None)
+    # no --protocol: the look-ahead protocol for supervised training, standard for SSL trainers
+    from jaxal.cli import _configs, build_parser
+
+    plain = _configs(build_parser().parse_args(["run", "--strategy", "random"]))[0]
+    ssl = _configs(build_parser().parse_args(["run", "--strategy", "random", "--trainer", "fixmatch"]))[0]
+    assert (plain.protocol, plain.start, ssl.protocol, ssl.start) == ("lookahead", "warm", "standard", "cold")
 
 
 def test_arm_syntax_variants_and_sequential():
