@@ -1,13 +1,15 @@
 """NTK look-ahead maths as pure functions of kernel matrices (no network inside).
 
-Notation (DESIGN.md §4): labeled set ``L`` with one-hot targets ``Y_L`` and network
-outputs ``f(X_L)``, residuals ``R = Y_L − f(X_L)``; an evaluation set ``S`` whose rows are
-also the candidates ``x'``; kernel blocks ``K_LL``, ``K_SL``, ``K_SS``.
+Notation: labeled set ``L`` with one-hot targets ``Y_L`` and network outputs ``f(X_L)``,
+residuals ``R = Y_L − f(X_L)``; an evaluation set ``S`` whose rows are also the
+candidates ``x'``; kernel blocks ``K_LL``, ``K_SL``, ``K_SS``.
 
 - Linearised prediction ``f_lin(x) = f(x) + k(x, L) K_LL⁻¹ R``.
 - Posterior covariance ``Σ(x, z) = k(x, z) − k(x, L) K_LL⁻¹ k(L, z)``.
-- Adding ``(x', y')`` (block inverse of the bordered kernel, Schur complement
-  ``σ²(x') = Σ(x', x')``; the paper's eq. 12 with ``v = Θ(X,X)⁻¹ Θ(X,x')``)::
+- Adding ``(x', y')``: the bordered kernel ``[[K_LL, k(L, x')], [k(x', L), k(x', x')]]``
+  has Schur complement ``σ²(x') = Σ(x', x')``; its block inverse gives the new point the
+  coefficient ``σ²(x')⁻¹ (y' − f_lin(x'))`` and corrects the old ones accordingly, so
+  (the paper's eq. 12 with ``v = Θ(X,X)⁻¹ Θ(X,x')``)::
 
       f⁺_lin(x) = f_lin(x) + Σ(x, x') σ²(x')⁻¹ (y' − f_lin(x'))
 
@@ -24,13 +26,47 @@ The covariance is conditioned by the exact rank-``q`` rule
 ``Σ ← Σ − Σ(:, x*) Σ(x*, x*)⁻¹ Σ(x*, :)``, which is what both the greedy batch (with a
 pseudo-label) and the sequential mode (with the true label) apply.
 
+Scores. Write ``mean = f_lin`` on ``S``, ``reference`` for the current prediction and
+``c(x) = mean(x) − reference(x)`` (the offset). For candidate ``j`` with label ``y``,
+``Δ(x; j, y) = Σ(x, j) σ²(j)⁻¹ (e_y − mean_j)`` and the look-ahead change of the
+prediction at ``x`` is ``change(x) = c(x) + Δ(x; j, y)``. MLMOC sums ``‖change(x)‖₂``
+over ``S`` with ``y = argmax reference(j)``; EMOC averages that sum over
+``y ~ p(reference(j))``; EER and the flip rate look at ``f⁺ = mean + Δ`` instead (see
+:func:`reduce_objective`).
+
+Closed form (scalar kernels, MLMOC and EMOC). With ``a = Σ(x, j)/σ²(j)`` and
+``e = e_y − mean_j``, ``‖c(x) + a e‖² = ‖c(x)‖² + 2a c(x)·e + a²‖e‖²`` where
+``c(x)·e = c(x)[y] − c(x)·mean_j`` and ``‖e‖² = 1 − 2 mean_j[y] + ‖mean_j‖²``. So every
+candidate needs only ``c(x)·mean_j`` (MLMOC: directly ``c(x)·e`` for its one label),
+i.e. one ``[S, C] × [C, S]`` product for all candidates, and ``O(S²)`` (MLMOC) or
+``O(S²C)`` (EMOC: every ``y``, weighted by ``p(y | j)``) elementwise work, instead of the
+``[S, S, Y, C]`` change tensor. Round-off can make the expanded square slightly
+negative where the change is ~0; it is clamped at 0 before the square root. EER and
+the flip rate need every ``f⁺(x)`` itself, and full blocks couple the logits, so those
+keep the direct path.
+
 Numerics: ``K_LL`` is factorised once by :func:`jaxal.linalg.stable_cholesky` (jitter
 relative to ``mean(diag K_LL)``, reported). A candidate whose posterior variance is at
 or below ``variance_floor`` (``1000·eps·mean(diag K_SS)`` by default) is *clamped*:
 in float32 ``σ²`` of a candidate equal to a labeled point cancels to noise of either
 sign, and dividing by it gives NaN or arbitrary huge updates. A clamped candidate is one
-the kernel already knows, so its look-ahead update is set to zero (it changes nothing)
-and its score stays finite; the number clamped is reported.
+the kernel already knows (a duplicate of a labeled or already-added point), so its
+look-ahead update is set to zero: labeling it would change nothing, and its
+offset-only score ``Σ_x ‖c(x)‖`` says nothing about the candidate. :func:`scores`
+therefore ranks clamped candidates last: they get one finite score below every
+unclamped candidate (and above the ``−inf`` of already-queried ones), so
+:func:`best` and :func:`greedy_batch` pick them only when nothing else is left. For
+full blocks (``q = C``) a candidate counts as clamped for the ranking only when every
+direction of ``Σ(j, j)`` is below the floor (its update is then exactly zero); one
+clamped only in some directions keeps its score from the remaining directions. The
+number clamped in any direction is reported.
+
+Greedy batch. Each pick conditions the state on the pick's pseudo-label (the argmax of
+the current reference there) and re-scores; :func:`greedy_batch` runs all picks in one
+compiled loop. For scalar kernels with MLMOC/EMOC a pick is one in-place rank-1 update
+``Σ ← Σ − σ²(i)⁻¹ Σ(:, i) Σ(i, :)``, ``mean ← mean + Σ(:, i) σ²(i)⁻¹ eᵀ``, and one
+closed-form re-scoring; every score changes with every pick (all of ``Σ`` and ``mean``
+move), so ``O(S²)`` work per pick is the least an exact greedy can do.
 """
 
 from __future__ import annotations
@@ -57,6 +93,7 @@ __all__ = [
     "scores",
     "best",
     "greedy_batch",
+    "greedy_batch_reference",
     "reference",
     "reduce_objective",
     "label_targets",
@@ -290,7 +327,7 @@ def init(
         queried=jnp.zeros((n_s,), bool),
         variance_floor=floor,
     )
-    _, clamped = _block_inverse(jnp.diagonal(cov, axis1=0, axis2=1).transpose(2, 0, 1), floor)
+    _, clamped, _ = _variance_status(state)
     return state, LookaheadInfo(jit_abs, jit_rel, jnp.sum(clamped), floor)
 
 
@@ -303,17 +340,84 @@ def _block_inverse(blocks: Array, floor: Array) -> tuple[Array, Array]:
     """Clamped inverse of posterior variance blocks ``[b, q, q]``.
 
     Directions with variance ``≤ floor`` get inverse 0 (no update along them).
-    Returns ``(inverse [b, q, q], clamped [b] bool)``.
+    Returns ``(inverse [b, q, q], ok [b, q] bool)``: ``ok`` marks the directions kept
+    (for ``q = 1`` simply ``σ² > floor``).
     """
     if blocks.shape[-1] == 1:
         s = blocks[:, 0, 0]
         ok = s > floor
         inv = jnp.where(ok, 1.0 / jnp.where(ok, s, 1.0), 0.0)
-        return inv[:, None, None], ~ok
+        return inv[:, None, None], ok[:, None]
     lam, vec = jnp.linalg.eigh(symmetrize(blocks))
     ok = lam > floor
     inv_lam = jnp.where(ok, 1.0 / jnp.where(ok, lam, 1.0), 0.0)
-    return jnp.einsum("bpk,bk,bqk->bpq", vec, inv_lam, vec), ~jnp.all(ok, axis=-1)
+    return jnp.einsum("bpk,bk,bqk->bpq", vec, inv_lam, vec), ok
+
+
+def _variance_status(state: LookaheadState) -> tuple[Array, Array, Array]:
+    """``(inverse [S, q, q], clamped [S], dead [S])`` for every candidate's ``Σ(j, j)``.
+
+    ``clamped``: at least one direction at or below the floor (reported);
+    ``dead``: every direction is, so the look-ahead update is exactly zero (ranked last).
+    """
+    blocks = jnp.diagonal(state.cov, axis1=0, axis2=1).transpose(2, 0, 1)
+    inv, ok = _block_inverse(blocks, state.variance_floor)
+    return inv, ~jnp.all(ok, axis=-1), ~jnp.any(ok, axis=-1)
+
+
+def _rank_last(s: Array, dead: Array, queried: Array) -> Array:
+    """Queried candidates ``−inf``; dead (fully clamped) ones one finite score below the rest.
+
+    The shared score is ``m − 1 − |m|`` with ``m`` the lowest score of the live
+    (unqueried, unclamped) candidates, or ``m = 0`` when there is none: strictly below
+    every live score in floating point, finite, and above ``−inf``.
+    """
+    live = ~dead & ~queried
+    lowest_live = jnp.min(jnp.where(live, s, jnp.inf))
+    lowest_live = jnp.where(jnp.isfinite(lowest_live), lowest_live, jnp.zeros_like(lowest_live))
+    s = jnp.where(dead, lowest_live - 1.0 - jnp.abs(lowest_live), s)
+    return jnp.where(queried, -jnp.inf, s)
+
+
+def _condition_scalar(
+    mean: Array, cov: Array, i: Array, y: Array, floor: Array, k: Array | None = None
+) -> tuple[Array, Array]:
+    """Rank-1 conditioning for a scalar kernel; ``cov`` is ``[S, S]``.
+
+    With ``k = Σ(:, i)``, gain ``g = k/σ²(i)`` (``0`` when ``σ²(i) ≤ floor``) and error
+    ``e = e_y − mean_i``: ``mean ← mean + g eᵀ`` and ``Σ ← Σ − σ²(i)⁻¹ (k kᵀ)``. The
+    outer product ``k_x k_z`` is formed before the scaling, so a symmetric ``Σ`` stays
+    exactly symmetric. ``k`` may be passed in (a separate buffer lets the compiled loop
+    update ``Σ`` in place). Returns ``(mean, cov)``.
+    """
+    c = mean.shape[-1]
+    if k is None:
+        k = cov[:, i]
+    var = k[i]
+    ok = var > floor
+    inv = jnp.where(ok, 1.0 / jnp.where(ok, var, 1.0), 0.0)
+    err = jax.nn.one_hot(y, c, dtype=mean.dtype) - mean[i]
+    mean = mean + (inv * k)[:, None] * err[None, :]
+    cov = cov - inv * (k[:, None] * k[None, :])
+    return mean, cov
+
+
+def _add(state: LookaheadState, i: Array, y: Array) -> LookaheadState:
+    """Un-jitted body of :func:`add` (scalar kernels by :func:`_condition_scalar`)."""
+    n_s, c = state.mean.shape
+    q = state.cov.shape[-1]
+    queried = state.queried.at[i].set(True)
+    if q == 1:
+        mean, cov = _condition_scalar(state.mean, state.cov[:, :, 0, 0], i, y, state.variance_floor)
+        return state._replace(mean=mean, cov=cov[:, :, None, None], queried=queried)
+    col = state.cov[:, i]  # [S, q, q]: Σ(x, i)
+    inv, _ = _block_inverse(state.cov[i, i][None], state.variance_floor)
+    err = (jax.nn.one_hot(y, c, dtype=state.mean.dtype) - state.mean[i]).reshape(q, c // q)
+    gain = jnp.einsum("xpq,qr->xpr", col, inv[0])  # [S, q, q]
+    mean = state.mean + jnp.einsum("xpr,rm->xpm", gain, err).reshape(n_s, c)
+    cov = state.cov - jnp.einsum("xpr,zsr->xzps", gain, col)
+    cov = 0.5 * (cov + jnp.transpose(cov, (1, 0, 3, 2)))
+    return state._replace(mean=mean, cov=cov, queried=queried)
 
 
 @jax.jit
@@ -323,18 +427,16 @@ def add(state: LookaheadState, i: Array, y: Array) -> LookaheadState:
     ``mean ← mean + Σ(:, i) Σ(i, i)⁻¹ (e_y − mean_i)`` and
     ``Σ ← Σ − Σ(:, i) Σ(i, i)⁻¹ Σ(i, :)``; the offset is unchanged, so the reference
     prediction moves with the mean. Equals a fresh :func:`init` with ``(x_i, y)``
-    appended to the labeled set (block inverse of the bordered kernel).
+    appended to the labeled set (block inverse of the bordered kernel). Directions of
+    ``Σ(i, i)`` at or below the variance floor are not updated along.
     """
-    n_s, c = state.mean.shape
-    q = state.cov.shape[-1]
-    col = state.cov[:, i]  # [S, q, q]: Σ(x, i)
-    inv, _ = _block_inverse(state.cov[i, i][None], state.variance_floor)
-    err = (jax.nn.one_hot(y, c, dtype=state.mean.dtype) - state.mean[i]).reshape(q, c // q)
-    gain = jnp.einsum("xpq,qr->xpr", col, inv[0])  # [S, q, q]
-    mean = state.mean + jnp.einsum("xpr,rm->xpm", gain, err).reshape(n_s, c)
-    cov = state.cov - jnp.einsum("xpr,zsr->xzps", gain, col)
-    cov = 0.5 * (cov + jnp.transpose(cov, (1, 0, 3, 2)))
-    return state._replace(mean=mean, cov=cov, queried=state.queried.at[i].set(True))
+    return _add(state, i, y)
+
+
+# ------------------------------------------------------------------------- scoring
+
+CLOSED_FORM_OBJECTIVES = ("mlmoc", "emoc")
+SCORE_METHODS = ("auto", "closed_form", "direct")
 
 
 def _auto_chunk(n_s: int, n_labels: int, c: int, q: int, memory_elements: int = 1 << 23) -> int:
@@ -342,53 +444,291 @@ def _auto_chunk(n_s: int, n_labels: int, c: int, q: int, memory_elements: int = 
     return int(max(1, min(n_s, memory_elements // max(per_candidate, 1))))
 
 
-@functools.partial(jax.jit, static_argnames=("objective", "probability", "chunk_size"))
+def _closed_form_chunk(n_s: int, c: int, objective: str) -> int:
+    """Candidates per chunk of the closed form. MLMOC: all at once while the ``[b, S]``
+    temporaries stay within about twice the ``[S, S]`` covariance (or 8M elements).
+    EMOC: ``[b, C, S]`` blocks of about 1M elements, which stay in cache (measured
+    several times faster than larger blocks on CPU)."""
+    if objective == "mlmoc":
+        return int(max(1, min(n_s, max(1 << 23, 2 * n_s * n_s) // (3 * n_s))))
+    return int(max(1, min(n_s, (1 << 20) // (n_s * c))))
+
+
+def _use_closed_form(method: str, objective: str, q: int) -> bool:
+    check_choice("method", method, SCORE_METHODS)
+    available = q == 1 and objective in CLOSED_FORM_OBJECTIVES
+    if method == "closed_form" and not available:
+        raise ValueError(
+            f"method='closed_form' needs a scalar kernel and objective in {CLOSED_FORM_OBJECTIVES}; "
+            f"got objective={objective!r} with {q}×{q} kernel blocks"
+        )
+    return available and method != "direct"
+
+
+def _closed_form_block(
+    k_rows: Array,
+    offset: Array,
+    offset_sq: Array,
+    mean_b: Array,
+    inv_b: Array,
+    ref_b: Array,
+    objective: str,
+    probability: str,
+) -> Array:
+    """Closed-form MLMOC/EMOC scores ``[b]`` of a block of candidates (scalar kernel).
+
+    Candidates are rows, ``x ∈ S`` columns. Args:
+      k_rows: ``[b, S]`` ``Σ(j, x)`` (``Σ`` is symmetric);
+      offset: ``[S, C]`` ``c``; offset_sq: ``[S]`` ``‖c(x)‖²``;
+      mean_b, ref_b: ``[b, C]`` mean and reference at the candidates;
+      inv_b: ``[b]`` ``σ²(j)⁻¹`` (0 when clamped).
+
+    ``‖change(x)‖² = ‖c(x)‖² + a (2 c(x)·(e_y − mean_j) + a ‖e_y − mean_j‖²)`` with
+    ``a = Σ(j, x)/σ²(j)``, clamped at 0 before the square root.
+    """
+    a = k_rows * inv_b[:, None]
+    mean_sq = jnp.sum(mean_b * mean_b, axis=-1)  # [b]
+    if objective == "mlmoc":
+        y = jnp.argmax(ref_b, axis=-1)  # the pseudo-label, as in label_targets
+        err = jax.nn.one_hot(y, mean_b.shape[-1], dtype=mean_b.dtype) - mean_b
+        dot = err @ offset.T  # [b, S]: c(x)·(e_y − mean_j), one [b, C] × [C, S] product
+        err_sq = 1.0 - 2.0 * jnp.take_along_axis(mean_b, y[:, None], axis=-1)[:, 0] + mean_sq
+        sq = offset_sq[None, :] + a * (2.0 * dot + a * err_sq[:, None])
+        return jnp.sum(jnp.sqrt(jnp.maximum(sq, 0.0)), axis=1)
+    m_rows = mean_b @ offset.T  # [b, S]: c(x)·mean_j
+    weights = to_probabilities(ref_b, probability)  # [b, C]: p(y | j)
+    # ‖c + a e‖² = [‖c‖² − 2a c·mean_j + a²(1 + ‖mean_j‖²)] + 2a (c[y] − a mean_j[y]);
+    # laid out [b, C, S] so the long axis x is innermost (vectorised, reduced last).
+    base = offset_sq[None, :] + a * (a * (1.0 + mean_sq)[:, None] - 2.0 * m_rows)  # [b, S]
+    sq = base[:, None, :] + 2.0 * a[:, None, :] * (offset.T[None, :, :] - a[:, None, :] * mean_b[:, :, None])
+    per_label = jnp.sum(jnp.sqrt(jnp.maximum(sq, 0.0)), axis=-1)  # [b, C]
+    return jnp.sum(weights * per_label, axis=-1)
+
+
+def _closed_form_scores(
+    cov: Array,
+    mean: Array,
+    offset: Array,
+    inv: Array,
+    objective: str,
+    probability: str,
+    chunk: int,
+) -> Array:
+    """Raw closed-form scores ``[S]`` (no ranking rule); ``cov`` is ``[S, S]``.
+
+    Candidates go in chunks of ``chunk`` rows (``Σ`` is symmetric, so row ``j`` is
+    ``Σ(j, :) = Σ(:, j)``); the last chunk is shifted back to end at ``S`` (overlapping
+    rows are recomputed identically).
+    """
+    n_s = mean.shape[0]
+    ref = mean - offset
+    offset_sq = jnp.sum(offset * offset, axis=-1)
+    b = min(chunk, n_s)
+
+    def block(start: Array) -> Array:
+        rows = lambda a: jax.lax.dynamic_slice_in_dim(a, start, b, axis=0)  # noqa: E731
+        return _closed_form_block(
+            rows(cov), offset, offset_sq, rows(mean), rows(inv), rows(ref), objective, probability
+        )
+
+    n_chunks = math.ceil(n_s / b)
+    if n_chunks == 1:
+        return block(jnp.zeros((), jnp.int32))
+
+    def body(k: Array, out: Array) -> Array:
+        start = jnp.minimum(k * b, n_s - b)
+        return jax.lax.dynamic_update_slice_in_dim(out, block(start), start, axis=0)
+
+    return jax.lax.fori_loop(0, n_chunks, body, jnp.zeros((n_s,), mean.dtype))
+
+
+def _direct_scores(
+    state: LookaheadState, inv: Array, objective: str, probability: str, chunk: int
+) -> Array:
+    """Raw scores ``[S]`` from the explicit ``[S, b, Y, C]`` change tensor (any ``q``)."""
+    n_s, c = state.mean.shape
+    q = state.cov.shape[-1]
+    m = c // q
+    b = min(chunk, n_s)
+    n_chunks = math.ceil(n_s / b)
+    idx = jnp.minimum(jnp.arange(n_chunks * b), n_s - 1).reshape(n_chunks, b)
+    ref = reference(state)
+
+    def chunk_scores(j: Array) -> Array:
+        targets, weights = label_targets(ref[j], objective, probability)  # [b, Y, C], [b, Y]
+        err = (targets - state.mean[j][:, None, :]).reshape(b, -1, q, m)
+        gain = jnp.einsum("jpq,jyqm->jypm", inv[j], err)  # [b, Y, q, m]
+        delta = jnp.einsum("xjpq,jyqm->xjypm", state.cov[:, j], gain).reshape(n_s, b, -1, c)
+        new_pred = state.mean[:, None, None, :] + delta
+        change = state.offset[:, None, None, :] + delta
+        return reduce_objective(objective, change, new_pred, ref, weights, probability)
+
+    return jax.lax.map(chunk_scores, idx).reshape(-1)[:n_s]
+
+
+def _scores(
+    state: LookaheadState, objective: str, probability: str, chunk_size: int | None, method: str
+) -> tuple[Array, Array]:
+    """Un-jitted body of :func:`scores`."""
+    check_choice("objective", objective, OBJECTIVES)
+    check_choice("probability", probability, PROBABILITY_MAPS)
+    n_s, c = state.mean.shape
+    q = state.cov.shape[-1]
+    inv, clamped, dead = _variance_status(state)
+    if _use_closed_form(method, objective, q):
+        chunk = chunk_size or _closed_form_chunk(n_s, c, objective)
+        s = _closed_form_scores(
+            state.cov[:, :, 0, 0], state.mean, state.offset, inv[:, 0, 0], objective, probability, chunk
+        )
+    else:
+        n_labels = 1 if OBJECTIVES[objective] == "pseudo" else c
+        s = _direct_scores(state, inv, objective, probability, chunk_size or _auto_chunk(n_s, n_labels, c, q))
+    return _rank_last(s, dead, state.queried), clamped
+
+
+@functools.partial(jax.jit, static_argnames=("objective", "probability", "chunk_size", "method"))
 def scores(
     state: LookaheadState,
     objective: str = "mlmoc",
     probability: str = "softmax",
     chunk_size: int | None = None,
+    *,
+    method: str = "auto",
 ) -> tuple[Array, Array]:
     """Look-ahead score of every candidate in ``S``, in chunks of candidates.
 
-    For a chunk ``J`` of ``b`` candidates and labels ``y`` (see :func:`label_targets`),
-    ``Δ(x; j, y) = Σ(x, j) Σ(j, j)⁻¹ (y − f_lin(x_j))`` over all ``x ∈ S`` at once, so the
-    cost is ``O(S² Y C)`` in total and memory ``O(S·b·Y·C)``; no per-candidate inverse of
-    ``K`` and no new kernel. Already-queried candidates score ``−inf``.
+    ``method="direct"``: for a chunk ``J`` of ``b`` candidates and labels ``y`` (see
+    :func:`label_targets`), ``Δ(x; j, y) = Σ(x, j) Σ(j, j)⁻¹ (y − f_lin(x_j))`` over all
+    ``x ∈ S`` at once, so the cost is ``O(S² Y C)`` in total and memory ``O(S·b·Y·C)``;
+    no per-candidate inverse of ``K`` and no new kernel. ``method="closed_form"`` (scalar
+    kernels, MLMOC/EMOC only): the expanded square of the module docstring, ``O(S²C)``
+    for the product ``c · meanᵀ`` plus ``O(S²)`` (MLMOC) or ``O(S²C)`` (EMOC)
+    elementwise. ``"auto"`` (default) uses the closed form where it applies.
+
+    Already-queried candidates score ``−inf``; fully clamped ones (zero update, see the
+    module docstring) share one finite score below every other unqueried candidate.
 
     Returns:
-      ``(scores [S], clamped [S] bool)``; larger is better for every objective.
+      ``(scores [S], clamped [S] bool)``; larger is better for every objective;
+      ``clamped`` marks candidates with any direction at or below the variance floor.
     """
+    return _scores(state, objective, probability, chunk_size, method)
+
+
+def best(
+    state: LookaheadState, objective: str = "mlmoc", probability: str = "softmax", *, method: str = "auto"
+) -> Array:
+    """Index of the best not-yet-queried candidate (a clamped one only if nothing else is left)."""
+    return jnp.argmax(scores(state, objective, probability, method=method)[0])
+
+
+def _check_budget(state: LookaheadState, budget: int) -> None:
+    if budget < 0 or budget > state.mean.shape[0] - int(jnp.sum(state.queried)):
+        raise ValueError(f"budget={budget} must be in [0, number of unqueried candidates]")
+
+
+def greedy_batch_reference(
+    state: LookaheadState,
+    budget: int,
+    objective: str = "mlmoc",
+    probability: str = "softmax",
+    chunk_size: int | None = None,
+    *,
+    method: str = "auto",
+) -> tuple[Array, LookaheadState, Array]:
+    """The greedy batch as a plain Python loop of :func:`scores` and :func:`add` calls.
+
+    Same semantics and returns as :func:`greedy_batch` (which runs it as one compiled
+    loop); kept as the readable reference. ``method`` is passed to :func:`scores`.
+    """
+    _check_budget(state, budget)
+    picks, n_clamped = [], []
+    for _ in range(budget):
+        s, clamped = scores(state, objective, probability, chunk_size, method=method)
+        i = jnp.argmax(s)
+        picks.append(i)
+        n_clamped.append(jnp.sum(clamped & ~state.queried))
+        state = add(state, i, jnp.argmax(reference(state)[i]))
+    if not picks:
+        return jnp.zeros((0,), jnp.int32), state, jnp.zeros((0,), jnp.int32)
+    return jnp.stack(picks), state, jnp.stack(n_clamped)
+
+
+def _greedy_closed_form(
+    state: LookaheadState, budget: int, objective: str, probability: str, chunk_size: int | None
+) -> tuple[Array, LookaheadState, Array]:
+    """Greedy loop for a scalar kernel and MLMOC/EMOC.
+
+    Carries ``mean``, ``Σ [S, S]`` and ``queried`` (rank-1 updates of
+    :func:`_condition_scalar`) and, from the closed-form scores of the current state,
+    the next pick ``i`` with its column ``Σ(:, i)`` and clamped count. A pick costs one in-place
+    rank-1 update of ``Σ``, the ``[S, C] × [C, S]`` product of the closed form and one
+    elementwise pass (``O(S²)`` for MLMOC, ``O(S²C)`` for EMOC).
+    """
+    n_s, c = state.mean.shape
+    offset, floor = state.offset, state.variance_floor
+    chunk = chunk_size or _closed_form_chunk(n_s, c, objective)
+
+    def rescore(mean: Array, cov: Array, queried: Array) -> tuple:
+        var = jnp.diagonal(cov)
+        ok = var > floor
+        inv = jnp.where(ok, 1.0 / jnp.where(ok, var, 1.0), 0.0)
+        s = _rank_last(_closed_form_scores(cov, mean, offset, inv, objective, probability, chunk), ~ok, queried)
+        i = jnp.argmax(s)
+        return i, cov[i], jnp.sum(~ok & ~queried).astype(jnp.int32)  # row i = Σ(:, i): Σ is symmetric
+
+    def pick_and_add(t: Array, carry: tuple) -> tuple:
+        mean, cov, queried, i, k, n_clamped, picks, counts = carry
+        picks, counts = picks.at[t].set(i.astype(jnp.int32)), counts.at[t].set(n_clamped)
+        mean, cov = _condition_scalar(mean, cov, i, jnp.argmax(mean[i] - offset[i]), floor, k)
+        return mean, cov, queried.at[i].set(True), picks, counts
+
+    def body(t: Array, carry: tuple) -> tuple:
+        mean, cov, queried, picks, counts = pick_and_add(t, carry)
+        return (mean, cov, queried, *rescore(mean, cov, queried), picks, counts)
+
+    cov = state.cov[:, :, 0, 0]
+    zeros = jnp.zeros((budget,), jnp.int32)
+    carry = (state.mean, cov, state.queried, *rescore(state.mean, cov, state.queried), zeros, zeros)
+    carry = jax.lax.fori_loop(0, budget - 1, body, carry)
+    mean, cov, queried, picks, counts = pick_and_add(jnp.asarray(budget - 1), carry)
+    return picks, state._replace(mean=mean, cov=cov[:, :, None, None], queried=queried), counts
+
+
+def _greedy_general(
+    state: LookaheadState, budget: int, objective: str, probability: str, chunk_size: int | None, method: str
+) -> tuple[Array, LookaheadState, Array]:
+    """Greedy loop re-scoring by :func:`scores`' path and conditioning by :func:`add`'s."""
+
+    def rescore(st: LookaheadState) -> tuple[Array, Array]:
+        s, clamped = _scores(st, objective, probability, chunk_size, method)
+        return s, jnp.sum(clamped & ~st.queried).astype(jnp.int32)
+
+    def pick_and_add(t: Array, carry: tuple) -> tuple:
+        st, s, n_clamped, picks, counts = carry
+        i = jnp.argmax(s)
+        picks, counts = picks.at[t].set(i.astype(jnp.int32)), counts.at[t].set(n_clamped)
+        return _add(st, i, jnp.argmax(reference(st)[i])), s, n_clamped, picks, counts
+
+    def body(t: Array, carry: tuple) -> tuple:
+        st, _, _, picks, counts = pick_and_add(t, carry)
+        return (st, *rescore(st), picks, counts)
+
+    zeros = jnp.zeros((budget,), jnp.int32)
+    carry = jax.lax.fori_loop(0, budget - 1, body, (state, *rescore(state), zeros, zeros))
+    state, _, _, picks, counts = pick_and_add(jnp.asarray(budget - 1), carry)
+    return picks, state, counts
+
+
+@functools.partial(jax.jit, static_argnames=("budget", "objective", "probability", "chunk_size", "method"))
+def _greedy_compiled(
+    state: LookaheadState, budget: int, objective: str, probability: str, chunk_size: int | None, method: str
+) -> tuple[Array, LookaheadState, Array]:
     check_choice("objective", objective, OBJECTIVES)
     check_choice("probability", probability, PROBABILITY_MAPS)
-    n_s, c = state.mean.shape
-    q = state.cov.shape[-1]
-    m = c // q
-    n_labels = 1 if OBJECTIVES[objective] == "pseudo" else c
-    b = chunk_size or _auto_chunk(n_s, n_labels, c, q)
-    b = min(b, n_s)
-    n_chunks = math.ceil(n_s / b)
-    idx = jnp.minimum(jnp.arange(n_chunks * b), n_s - 1).reshape(n_chunks, b)
-    ref = reference(state)
-
-    def chunk(j):
-        inv, clamped = _block_inverse(state.cov[j, j], state.variance_floor)  # [b, q, q]
-        targets, weights = label_targets(ref[j], objective, probability)  # [b, Y, C], [b, Y]
-        err = (targets - state.mean[j][:, None, :]).reshape(b, -1, q, m)
-        gain = jnp.einsum("jpq,jyqm->jypm", inv, err)  # [b, Y, q, m]
-        delta = jnp.einsum("xjpq,jyqm->xjypm", state.cov[:, j], gain).reshape(n_s, b, -1, c)
-        new_pred = state.mean[:, None, None, :] + delta
-        change = state.offset[:, None, None, :] + delta
-        return reduce_objective(objective, change, new_pred, ref, weights, probability), clamped
-
-    s, clamped = jax.lax.map(chunk, idx)
-    s, clamped = s.reshape(-1)[:n_s], clamped.reshape(-1)[:n_s]
-    return jnp.where(state.queried, -jnp.inf, s), clamped
-
-
-def best(state: LookaheadState, objective: str = "mlmoc", probability: str = "softmax") -> Array:
-    """Index of the best not-yet-queried candidate."""
-    return jnp.argmax(scores(state, objective, probability)[0])
+    if _use_closed_form(method, objective, state.cov.shape[-1]):
+        return _greedy_closed_form(state, budget, objective, probability, chunk_size)
+    return _greedy_general(state, budget, objective, probability, chunk_size, method)
 
 
 def greedy_batch(
@@ -397,20 +737,28 @@ def greedy_batch(
     objective: str = "mlmoc",
     probability: str = "softmax",
     chunk_size: int | None = None,
+    *,
+    method: str = "auto",
 ) -> tuple[Array, LookaheadState, Array]:
     """Greedy batch: pick the best, :func:`add` it with its pseudo-label, re-score.
 
     The pseudo-label is the argmax of the current reference prediction at the pick, so
     later picks see the earlier ones as labeled (redundant neighbours lose score).
-    Returns ``(indices [budget], final state, clamped counts per pick [budget])``.
+    Clamped candidates are picked only when no other unqueried candidate is left.
+
+    All ``budget`` picks run in one compiled loop (``budget`` is static). With a scalar
+    kernel and MLMOC/EMOC (``method="auto"`` or ``"closed_form"``) each pick updates
+    ``mean`` and ``Σ`` in place by the rank-1 rule and re-scores by the closed form:
+    ``O(S²)`` per pick for MLMOC, ``O(S²C)`` elementwise for EMOC, no ``[S, b, Y, C]``
+    tensors. Otherwise (full blocks, EER, flip rate, or ``method="direct"``) each pick
+    re-scores by the direct path inside the same loop. :func:`greedy_batch_reference`
+    is the equivalent Python loop.
+
+    Returns ``(indices [budget], final state, clamped counts per pick [budget])``; the
+    count at a pick is the number of unqueried candidates clamped in any direction
+    before it.
     """
-    if budget > state.mean.shape[0] - int(jnp.sum(state.queried)):
-        raise ValueError(f"budget={budget} exceeds the number of unqueried candidates")
-    picks, n_clamped = [], []
-    for _ in range(budget):
-        s, clamped = scores(state, objective, probability, chunk_size)
-        i = jnp.argmax(s)
-        picks.append(i)
-        n_clamped.append(jnp.sum(clamped & ~state.queried))
-        state = add(state, i, jnp.argmax(reference(state)[i]))
-    return jnp.stack(picks), state, jnp.stack(n_clamped)
+    _check_budget(state, budget)
+    if budget == 0:
+        return jnp.zeros((0,), jnp.int32), state, jnp.zeros((0,), jnp.int32)
+    return _greedy_compiled(state, budget, objective, probability, chunk_size, method)
