@@ -8,13 +8,16 @@ changes them all (the standard protocol). Every variant is its own paired compar
 sequential MLMOC, so each row says whether MLMOC beats random under that training:
 
 - ``lookahead``: the protocol itself;
+- ``default_head``: the default (random) output layer instead of a zero one, so the
+  network starts from a random function ``f₀`` that the squared loss never removes;
 - ``cross_entropy``: cross-entropy instead of the squared loss the look-ahead linearises;
 - ``cold_start``: a fresh initialisation every round instead of continuing;
 - ``accuracy_rule``: stop at 99% training accuracy (a large residual is left);
 - ``offset_off``: MLMOC measured against ``f_lin`` (``reference="linearised"``), the
   candidate's own term without the offset ``k(x, L) K_LL⁻¹ R`` (its random arm
   repeats ``lookahead``'s: the training is the same, and so are the numbers);
-- ``standard``: cold start, cross-entropy, the 99% rule (the usual deep-AL protocol).
+- ``standard``: default head, cold start, cross-entropy, the 99% rule (the usual
+  deep-AL protocol).
 
 Setting: digits, MLP 512, 20 initial labels, 20 per round, 6 rounds (20 -> 140).
 
@@ -48,11 +51,13 @@ ARMS = ("random", "mlmoc[batch=greedy]", "mlmoc-seq")
 #: variant -> (ExperimentConfig changes, TrainConfig changes, extra look-ahead options)
 VARIANTS: dict[str, tuple[dict, dict, dict]] = {
     "lookahead": ({}, {}, {}),
+    "default_head": ({"head_init_scale": 1.0}, {}, {}),
     "cross_entropy": ({}, {"loss": "cross_entropy"}, {}),
     "cold_start": ({"start": "cold"}, {}, {}),
     "accuracy_rule": ({}, {"target_accuracy": 0.99, "target_loss": None}, {}),
     "offset_off": ({}, {}, {"reference": "linearised"}),
-    "standard": ({"start": "cold"}, {"loss": "cross_entropy", "target_accuracy": 0.99, "target_loss": None}, {}),
+    "standard": ({"start": "cold", "head_init_scale": 1.0},
+                 {"loss": "cross_entropy", "target_accuracy": 0.99, "target_loss": None}, {}),
 }
 
 

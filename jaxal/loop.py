@@ -40,7 +40,7 @@ from jaxal import models as models_lib
 from jaxal import ssl, strategies
 from jaxal.protocols import PROTOCOLS
 from jaxal.strategies.base import as_query, make_context
-from jaxal.train import TrainConfig, evaluate, init_variables, restart, train
+from jaxal.train import TrainConfig, evaluate, init_variables, restart, scale_head, train
 from jaxal.validation import check_budget, check_choice
 
 __all__ = ["ExperimentConfig", "RunExistsError", "run", "validate", "sequential_strategies"]
@@ -94,6 +94,9 @@ class ExperimentConfig:
         :func:`jaxal.augment.for_dataset` for the data set.
       retrain_inference_mode: rounds after the first train with
         ``TrainConfig.inference_mode`` (BatchNorm statistics frozen, dropout off).
+      head_init_scale: multiply the freshly initialised ``head`` parameters by this
+        (round 0 and every cold start): ``0`` starts the network at ``f₀ ≡ 0``, which
+        the squared loss needs (see :func:`jaxal.train.scale_head`).
       protocol: the name of the :mod:`jaxal.protocols` protocol these settings came
         from (``standard`` or ``lookahead``); a label, see :func:`jaxal.protocols.apply`.
       label: the arm's name in comparisons (default: the strategy, ``-seq`` when
@@ -123,6 +126,7 @@ class ExperimentConfig:
     trainer: str = "supervised"
     ssl_options: Mapping[str, Any] = field(default_factory=dict)
     retrain_inference_mode: bool = False
+    head_init_scale: float = 1.0
     protocol: str = "standard"
     label: str | None = None
 
@@ -203,6 +207,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     check_choice("noise", config.noise, NOISES)
     check_choice("trainer", config.trainer, ssl.trainers())
     check_choice("protocol", config.protocol, PROTOCOLS)
+    if isinstance(config.head_init_scale, bool) or not isinstance(config.head_init_scale, (int, float)) \
+            or not config.head_init_scale >= 0:
+        raise ValueError(f"head_init_scale must be a number >= 0, got {config.head_init_scale!r}")
     if config.trainer != "supervised":
         ssl.SSLConfig(**dict(config.ssl_options))  # its own ValueErrors name the bad field
     elif config.ssl_options:
@@ -366,7 +373,8 @@ def run(
 
     root = jax.random.key(config.seed)
     x_example = x_train[:1]
-    initial_vars = init_variables(jax.random.fold_in(root, _TAG_INIT_MODEL), module, x_example)
+    initial_vars = scale_head(init_variables(jax.random.fold_in(root, _TAG_INIT_MODEL), module, x_example),
+                              config.head_init_scale)
 
     cfg_path = os.path.join(out_dir, CONFIG_FILE)
     rec_path = os.path.join(out_dir, RECORDS_FILE)
@@ -412,6 +420,8 @@ def run(
                     k_restart, config.start, module, variables, x_example,
                     lam=config.lam, sigma=config.sigma, noise=config.noise,
                 )
+                if config.start == "cold":
+                    variables = scale_head(variables, config.head_init_scale)
             if len(set(chosen.tolist()) | set(labeled)) != len(labeled) + len(chosen):
                 raise RuntimeError(f"round {r}: a chosen index is already labeled")  # loop invariant
             labeled.extend(int(i) for i in chosen)

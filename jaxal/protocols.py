@@ -17,6 +17,12 @@ loop when the loop retrains that way:
 - squared loss to one-hot targets (the plain loss that Hui & Belkin find competitive
   with cross-entropy for problems with a few classes; their target rescaling for
   many classes is not applied here);
+- a zero-initialised output layer (``head_init_scale=0``): the network starts at
+  ``f₀ ≡ 0``. With the squared loss the random initial function otherwise stays on
+  the inputs the network was not trained on, noise as large as the one-hot targets:
+  on digits (MLP 512, 20 / 60 / 140 labels, 3 seeds) test accuracy is 0.40 / 0.62 /
+  0.80 from the default initialisation and 0.60 / 0.83 / 0.92 from a zero head
+  (cross-entropy: 0.59 / 0.81 / 0.90);
 - warm start: each round continues from the previous round's parameters, so the
   retrained network stays where the linearisation around it holds;
 - train to a small residual: stop when the mean squared residual on the labeled set
@@ -48,12 +54,14 @@ _SETTINGS: dict[str, dict[str, Any]] = {
     "standard": {
         "start": "cold",
         "retrain_inference_mode": False,
+        "head_init_scale": 1.0,
         "candidates": None,
         "train": {"loss": "cross_entropy", "target_accuracy": 0.99, "target_loss": None, "max_epochs": 100},
     },
     "lookahead": {
         "start": "warm",
         "retrain_inference_mode": True,
+        "head_init_scale": 0.0,
         "candidates": 1000,
         "train": {"loss": "squared", "target_accuracy": 1.0, "target_loss": 0.01, "max_epochs": 300},
     },
@@ -62,7 +70,7 @@ PROTOCOLS = tuple(_SETTINGS)
 
 _DESCRIPTIONS = {
     "standard": "cold start, cross-entropy, Adam, stop at 99% training accuracy",
-    "lookahead": "warm start, squared loss, Adam, train to mean squared residual <= 0.01, "
+    "lookahead": "zero-initialised head, warm start, squared loss, Adam, train to mean squared residual <= 0.01, "
     "BatchNorm frozen after round 0, 1,000 random candidates per round",
 }
 

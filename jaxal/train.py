@@ -41,7 +41,7 @@ import optax
 
 from jaxal.validation import check_choice, check_finite, check_labels, check_nonempty, check_same_length
 
-__all__ = ["TrainConfig", "TrainResult", "init_variables", "train", "evaluate", "restart", "epoch_batches",
+__all__ = ["TrainConfig", "TrainResult", "init_variables", "scale_head", "train", "evaluate", "restart", "epoch_batches",
            "LOSSES", "OPTIMIZERS"]
 
 LOSSES = ("cross_entropy", "squared")
@@ -126,6 +126,29 @@ def init_variables(key: jax.Array, module: nn.Module, x_example: Any) -> Any:
     check_nonempty("x_example", x_example)
     x = jnp.asarray(np.asarray(x_example)[:1], dtype=jnp.float32)
     return _jitted_init(module)(key, x)
+
+
+def scale_head(variables: Any, scale: float) -> Any:
+    """``variables`` with the ``head`` submodule's parameters multiplied by ``scale``.
+
+    ``scale=0`` starts the network at ``f₀ ≡ 0``. This matters for the squared loss:
+    training moves the outputs on the labeled set to the targets, but on other inputs
+    the random initial function ``f₀`` largely stays (in the kernel regime exactly:
+    ``f(x) = f₀(x) + k(x, L) K_LL⁻¹ (Y_L − f₀(X_L))``), and with one-hot targets of
+    size 1 a default-initialised head's ``f₀`` (standard deviation ~0.7 per logit) is
+    noise of the same size as the signal. Cross-entropy drives the logits far beyond
+    ``f₀``'s scale and is hurt less. The other parameters keep their initialisation,
+    so gradients reach the body as soon as the head has moved.
+
+    Raises ``ValueError`` when the parameters have no ``head`` entry.
+    """
+    if scale == 1.0:
+        return variables
+    params = variables["params"]
+    if "head" not in params:
+        raise ValueError(f"head_init_scale needs a 'head' submodule; the model's parameters hold {sorted(params)}")
+    head = jax.tree.map(lambda p: p * jnp.asarray(scale, p.dtype), params["head"])
+    return {**variables, "params": {**params, "head": head}}
 
 
 @functools.lru_cache(maxsize=64)

@@ -24,6 +24,7 @@ def test_apply_sets_the_protocol_and_keeps_explicit_fields():
     base = ExperimentConfig(strategy="mlmoc", start="shrink_perturb", train=TrainConfig(max_epochs=7))
     la = protocols.apply(base, "lookahead")
     assert (la.protocol, la.start, la.candidates, la.retrain_inference_mode) == ("lookahead", "warm", 1000, True)
+    assert (la.head_init_scale, base.head_init_scale) == (0.0, 1.0)
     assert (la.train.loss, la.train.target_loss, la.train.target_accuracy) == ("squared", 0.01, 1.0)
     kept = protocols.apply(base, "lookahead", keep=["start"], keep_train=["max_epochs"])
     assert kept.start == "shrink_perturb" and kept.train.max_epochs == 7 and kept.train.loss == "squared"
@@ -103,11 +104,12 @@ def test_inference_mode_freezes_batch_stats_and_drops_dropout():
 
 
 def test_loop_retrains_in_inference_mode_after_round_zero(tmp_path, monkeypatch):
-    seen = []
+    seen, head_norms = [], []
     real = loop.train
 
     def spy(key, module, variables, x, y, num_classes, config):
         seen.append(config.inference_mode)
+        head_norms.append(sum(float(jnp.sum(p**2)) for p in jax.tree.leaves(variables["params"]["head"])))
         return real(key, module, variables, x, y, num_classes, config)
 
     monkeypatch.setattr(loop, "train", spy)
@@ -116,8 +118,28 @@ def test_loop_retrains_in_inference_mode_after_round_zero(tmp_path, monkeypatch)
                           "lookahead", keep_train=["max_epochs"])
     loop.run(cfg, tmp_path / "r", progress=False)
     assert seen == [False, True, True]
+    # round 0 starts from a zero head (f0 = 0); warm rounds continue from the trained one
+    assert head_norms[0] == 0.0 and head_norms[1] > 0 and head_norms[2] > 0
     stored = json.loads((tmp_path / "r" / "config.json").read_text())
     assert stored["protocol"] == "lookahead" and stored["start"] == "warm" and stored["train"]["loss"] == "squared"
+
+
+def test_scale_head_scales_only_the_head_and_needs_one():
+    from jaxal.models import create
+    from jaxal.train import scale_head
+
+    net = create("mlp", 3, input_shape=(4,), widths=(8,))
+    v = init_variables(jax.random.key(0), net, np.zeros((1, 4), np.float32))
+    half = scale_head(v, 0.5)
+    np.testing.assert_allclose(half["params"]["head"]["kernel"], 0.5 * np.asarray(v["params"]["head"]["kernel"]))
+    for a, b in zip(jax.tree.leaves({k: x for k, x in v["params"].items() if k != "head"}),
+                    jax.tree.leaves({k: x for k, x in half["params"].items() if k != "head"})):
+        np.testing.assert_array_equal(a, b)
+    assert scale_head(v, 1.0) is v
+    with pytest.raises(ValueError, match="head"):
+        scale_head({"params": {"Dense_0": {}}}, 0.0)
+    with pytest.raises(ValueError, match="head_init_scale"):
+        loop.validate(ExperimentConfig(head_init_scale=-1.0))
 
 
 def test_cli_protocol_defaults_and_explicit_flags(tmp_path):
