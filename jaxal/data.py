@@ -12,6 +12,13 @@ Every loader returns a :class:`Dataset` of numpy arrays: ``x`` float32 ``[n, ...
   C]`` scaled to [0, 1] and standardised per channel; options ``max_train`` /
   ``max_test`` keep the first records; ``data_dir`` points TFDS at its files.
 - a local ``*.npz`` holding ``x_train, y_train, x_test, y_test`` (used as stored).
+
+Redundant copies (any data set): options ``copies=c`` and ``copy_noise=s`` make a
+redundancy-prone pool, as in real collections holding near-duplicates. The training
+set becomes ``c`` blocks of ``n`` rows: block 0 is the original, and block ``j ≥ 1``
+repeats it plus Gaussian noise of standard deviation ``s`` times each feature's
+training std (row ``j·n + i`` is a copy of example ``i``, same label). The noise is
+drawn from the data set seed; the test set is untouched.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import numpy as np
 
 from jaxal.validation import check_finite, check_labels, check_same_length
 
-__all__ = ["Dataset", "names", "load", "initial_indices", "subsample", "TFDS_NUM_CLASSES"]
+__all__ = ["Dataset", "names", "load", "with_copies", "initial_indices", "subsample", "TFDS_NUM_CLASSES"]
 
 TFDS_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "svhn_cropped": 10, "cifar10": 10, "cifar100": 100}
 
@@ -170,6 +177,35 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+_TAG_COPIES = 0x636F_7079  # folds the data set seed into the copies' noise key
+
+
+def _check_copies(copies: Any, copy_noise: Any) -> tuple[int, float]:
+    if isinstance(copies, bool) or not isinstance(copies, (int, np.integer)) or copies < 1:
+        raise ValueError(f"copies must be a positive integer, got {copies!r}")
+    if isinstance(copy_noise, bool) or not isinstance(copy_noise, (int, float)) or not np.isfinite(copy_noise) \
+            or copy_noise < 0:
+        raise ValueError(f"copy_noise must be a finite number >= 0, got {copy_noise!r}")
+    if copies == 1 and copy_noise:
+        raise ValueError(f"copy_noise={copy_noise} needs copies >= 2")
+    return int(copies), float(copy_noise)
+
+
+def with_copies(ds: Dataset, copies: int, copy_noise: float, key: jax.Array) -> Dataset:
+    """``ds`` with its training set repeated ``copies`` times, noisy after the first
+    block (see the module docstring); ``key`` draws the noise."""
+    copies, copy_noise = _check_copies(copies, copy_noise)
+    if copies == 1:
+        return ds
+    x = ds.x_train
+    std = x.std(axis=0, dtype=np.float64).astype(np.float32)
+    blocks = [x]
+    for k in jax.random.split(key, copies - 1):
+        noise = np.asarray(jax.random.normal(k, x.shape, dtype=np.float32))
+        blocks.append((x + np.float32(copy_noise) * std * noise).astype(np.float32))
+    return ds._replace(x_train=np.concatenate(blocks), y_train=np.tile(ds.y_train, copies))
+
+
 def names() -> list[str]:
     """Names :func:`load` knows (a path ending in ``.npz`` works too)."""
     return sorted(_LOADERS)
@@ -183,10 +219,20 @@ def load(name: str, *, seed: int = 0, data_dir: str | None = None, **options: An
       seed: seeds the train/test split of sets without one (``digits``).
       data_dir: TFDS data directory (TFDS sets only).
       **options: ``num_samples`` (mnist1d), ``max_train``/``max_test``/``download``
-        (TFDS), ``test_fraction`` (digits), ``num_classes`` (npz).
+        (TFDS), ``test_fraction`` (digits), ``num_classes`` (npz); for every data set
+        ``copies`` (default 1) and ``copy_noise`` (default 0.0): redundant noisy copies
+        of the training set (see the module docstring).
     """
     if not isinstance(name, str):
         raise ValueError(f"dataset name must be a string, got {name!r}")
+    copies = options.pop("copies", 1)
+    copy_noise = options.pop("copy_noise", 0.0)
+    _check_copies(copies, copy_noise)  # before the (possibly slow) load
+    ds = _load(name, seed, data_dir, options)
+    return with_copies(ds, copies, copy_noise, jax.random.fold_in(jax.random.key(int(seed)), _TAG_COPIES))
+
+
+def _load(name: str, seed: int, data_dir: str | None, options: dict) -> Dataset:
     try:
         if name.endswith(".npz"):
             return _load_npz(name, **options)

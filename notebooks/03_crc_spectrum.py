@@ -103,7 +103,8 @@ for name in ("crc", "random"):
         if name == "crc" and snapshot is None:
             # the partition CRC drew: `crc` splits its key into (partition, tie-break)
             groups = random_groups(jax.random.split(key)[0], CANDIDATES, GROUP)
-            scores, _ = group_scores(model, ds.x_train[labeled], ds.x_train[cand], groups, num_classes=C)
+            scores, _ = group_scores(model, ds.x_train[labeled], ds.x_train[cand], groups, num_classes=C,
+                                     num_selected=BUDGET // GROUP)  # CRC's shared rank: the one its kept groups reach
             chosen = np.asarray(q.info.get("group_scores", []))
             same = np.allclose(np.sort(np.asarray(scores))[-len(chosen):], np.sort(chosen), rtol=1e-4)
             print(f"  CRC's chosen groups are the top {len(chosen)} of {len(scores)} groups: {same}")

@@ -8,8 +8,30 @@ groups of candidates that keep that matrix best conditioned:
 
 1. Partition the candidates (``ctx.x_pool``) at random into groups of ``G`` (``G``
    must divide the query size ``Q``; leftover candidates are dropped at random).
-2. Score every group in one batched, vmapped ``eigvalsh``.
+2. Diagonalise every group's Gram (float64, on the host) and score it.
 3. Return the members of the ``Q/G`` best groups.
+
+What "λ⁺_min" means for a group. A trained network's features are low-rank in
+practice (dead units, a decaying spectrum), so the Gram over ``L ∪ g`` is singular once
+``|L|+G`` exceeds the features' rank, and that rank is reached by every group at a
+different point. Each group's rank is therefore counted on its own spectrum (zero
+rule: :mod:`jaxal.spectral`), and with ``spectrum="generic"`` (default) every group is
+scored by its ``k``-th largest eigenvalue, ``k`` the largest rank that at least ``Q/G``
+groups reach (:func:`jaxal.spectral.shared_rank`):
+
+- while ``|L|+G`` is below the features' rank, a group in general position reaches
+  ``k = |L|+G`` and a group holding a duplicate or an already-labeled point loses one
+  and scores 0 (the paper's Proposition 2);
+- once the labeled set spans the significant feature space, every group reaches the
+  same rank and scores its smallest significant eigenvalue, which differs between
+  groups;
+- the ``Q/G`` groups kept are always compared on a significant (positive) eigenvalue.
+
+``spectrum="positive"`` (the literal rule: each group's own smallest significant
+eigenvalue) does not penalise a group that loses rank. ``info`` records ``k``, the
+per-group rank range, how many groups score 0 or tie at the top, and a
+:class:`CRCTieWarning` is emitted whenever a random tie-break decides part of the
+query.
 
 Kernels: ``kernel="last"`` (default, the paper's better variant) uses the head's
 parameters only; for a Dense head ``Θ_cc'(x, x') = (h·h' + 1) δ_cc'``, so
@@ -19,10 +41,14 @@ parameters only; for a Dense head ``Θ_cc'(x, x') = (h·h' + 1) δ_cc'``, so
 Dual trick (Dense head): the nonzero spectrum of ``C·ΦΦᵀ`` (``n×n``, ``n = |L|+G``)
 equals that of ``C·ΦᵀΦ`` (``(d+1)×(d+1)``), and ``ΦᵀΦ = Φ_LᵀΦ_L + Φ_gᵀΦ_g`` — a
 shared matrix plus a rank-``G`` update per group. ``method="auto"`` solves the smaller
-side. The zero rule (which eigenvalues count as 0) is the same on both sides; see
-:mod:`jaxal.spectral` for the two definitions of λ⁺_min (``spectrum="generic"``, the
-default, satisfies the paper's Proposition 2: a group holding a duplicate or an
-already-labeled point scores 0 when ``|L|+G`` does not exceed the feature rank).
+side; both sides are formed in float64 from the features and share the zero rule, so
+they give the same ranks and scores.
+
+Group size: the default :func:`default_group_size` keeps two groups of ``Q/2`` (for an
+even ``Q``), the best of ``G ∈ {1, 2, 5, 10, 20}`` at ``Q = 20`` in a comparison on
+digits with redundant copies. Small groups check few candidates against each other
+(``G = 1`` picks near-duplicates and lost to random there); one group of ``Q`` is one
+draw among ``U/Q`` random groups.
 
 Pseudo-AL (experiments only, uses the pool's TRUE labels): with ``pool_labels`` and
 ``per_class=R`` every group holds ``R`` candidates of each class (``G = R·C``). This is
@@ -32,6 +58,7 @@ active-learning strategy.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import jax
@@ -39,17 +66,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxal.model import Model
-from jaxal.ntk import head_features, kernel as ntk_kernel
-from jaxal.spectral import bordered_scores, default_rtol, dual_scores, numerical_rank
+from jaxal.ntk import kernel as ntk_kernel
+from jaxal.spectral import (
+    SPECTRA,
+    bordered_spectra,
+    default_rtol,
+    dual_spectra,
+    feature_rtol,
+    lambda_plus_min,
+    ranks,
+    scores_from_spectra,
+)
 from jaxal.strategies.base import Context, Query, register
-from jaxal.strategies.common import top_k_indices
+from jaxal.strategies.common import embed, top_k_indices
 from jaxal.validation import check_choice
 
-__all__ = ["crc", "group_scores", "random_groups", "class_balanced_groups"]
+__all__ = ["crc", "group_scores", "default_group_size", "random_groups", "class_balanced_groups", "CRCTieWarning"]
 
 KERNELS = ("last", "full")
 METHODS = ("auto", "dual", "primal")
-SPECTRA = ("generic", "positive")
+
+
+class CRCTieWarning(UserWarning):
+    """CRC's pick was decided in part by a random tie-break between equal scores."""
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -98,29 +137,46 @@ def _take(x: Any, idx: np.ndarray) -> Any:
     return x[idx] if isinstance(x, np.ndarray) else jnp.asarray(x)[jnp.asarray(idx)]
 
 
-def _ntk_blocks(model, x_labeled, x_groups, groups_shape, subset, dtype, chunk_points=256):
-    """``K_LL [L,L]``, ``K_Lg [B,L,G]``, ``K_gg [B,G,G]`` from :func:`jaxal.ntk.kernel` (trace)."""
+def _concat(a: Any, b: Any) -> Any:
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return np.concatenate([a, b])
+    return jnp.concatenate([jnp.asarray(a), jnp.asarray(b)])
+
+
+def _cast(model: Model, x_labeled: Any, x_pool: Any, dtype: Any) -> tuple[Model, Any, Any]:
+    """The model's floating parameters and the inputs cast to ``dtype``."""
+
+    def cast(a):
+        a = jnp.asarray(a)
+        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+    return model.replace_params(jax.tree_util.tree_map(cast, model.params)), cast(x_labeled), cast(x_pool)
+
+
+def _ntk_blocks(model, x_labeled, x_groups, groups_shape, subset, chunk_points=256):
+    """``K_LL [L,L]``, ``K_Lg [B,L,G]``, ``K_gg [B,G,G]`` (float64 numpy) from
+    :func:`jaxal.ntk.kernel` (trace), and the dtype they were computed in."""
     num, g = groups_shape
     n_l = int(np.shape(x_labeled)[0])
 
     def kern(a, b=None):
-        return jnp.asarray(ntk_kernel(model, a, b, contraction="trace", subset=subset), dtype)
+        return ntk_kernel(model, a, b, contraction="trace", subset=subset)
 
-    if n_l:
-        k_ll = kern(x_labeled)
-        k_lg = kern(x_labeled, x_groups).reshape(n_l, num, g).transpose(1, 0, 2)
-    else:
-        k_ll = jnp.zeros((0, 0), dtype)
-        k_lg = jnp.zeros((num, 0, g), dtype)
     per_chunk = max(1, chunk_points // g)
     blocks = []
     for start in range(0, num, per_chunk):
         b = min(per_chunk, num - start)
-        xs = x_groups[start * g : (start + b) * g]
-        k4 = kern(xs).reshape(b, g, b, g)
-        ar = jnp.arange(b)
+        k4 = kern(x_groups[start * g : (start + b) * g])
+        dt = k4.dtype
+        k4 = np.asarray(k4, np.float64).reshape(b, g, b, g)
+        ar = np.arange(b)
         blocks.append(k4[ar, :, ar, :])  # diagonal blocks [b, G, G]
-    return k_ll, k_lg, jnp.concatenate(blocks, axis=0)
+    if n_l:
+        k_ll = np.asarray(kern(x_labeled), np.float64)
+        k_lg = np.asarray(kern(x_labeled, x_groups), np.float64).reshape(n_l, num, g).transpose(1, 0, 2)
+    else:
+        k_ll, k_lg = np.zeros((0, 0)), np.zeros((num, 0, g))
+    return k_ll, k_lg, np.concatenate(blocks, axis=0), dt
 
 
 def group_scores(
@@ -133,12 +189,20 @@ def group_scores(
     kernel: str = "last",
     method: str = "auto",
     spectrum: str = "generic",
+    num_selected: int = 1,
     rtol: float | None = None,
     dtype: Any = None,
     memory_bytes: int | None = None,
     batch_size: int = 4096,
-) -> tuple[jax.Array, dict]:
-    """λ⁺_min of the trace-NTK Gram matrix over ``L ∪ g`` for every group.
+) -> tuple[np.ndarray, dict]:
+    """CRC's score of every group: the bottom of the significant spectrum of the
+    trace-NTK Gram over ``L ∪ g``.
+
+    Each group's Gram is diagonalised in float64 and its numerical rank counted with
+    the zero rule of :mod:`jaxal.spectral`. ``spectrum="generic"`` scores every group
+    by its ``k``-th largest eigenvalue, ``k`` the largest rank reached by at least
+    ``num_selected`` groups (a group of lower rank scores 0); ``"positive"`` by each
+    group's own smallest significant eigenvalue.
 
     Args:
       model: the trained model.
@@ -149,99 +213,112 @@ def group_scores(
       kernel: ``"last"`` (head parameters) or ``"full"`` (all parameters).
       method: ``"dual"`` (``(d+1)``-sized eigenproblems; Dense head and ``"last"`` only),
         ``"primal"`` (``(|L|+G)``-sized), ``"auto"`` (the smaller).
-      spectrum: ``"generic"`` (skip the eigenvalues that are zero for every group,
-        degenerate groups score 0) or ``"positive"`` (smallest eigenvalue above the
-        threshold); see :mod:`jaxal.spectral`.
-      rtol: eigenvalues ``≤ rtol·λ_max`` are zero; default ``eps·max(|L|+G, p)`` with
-        ``p = d+1`` for a Dense head's last-layer kernel, ``p = 0`` otherwise.
-      dtype: compute dtype (e.g. ``jnp.float64`` inside ``jax.enable_x64``); default
-        the model's.
-      memory_bytes: bound on the working memory of one vmapped batch of eigenproblems.
+      spectrum: ``"generic"`` or ``"positive"`` (see above).
+      num_selected: how many groups the caller keeps (sets ``k``, see
+        :func:`jaxal.spectral.shared_rank`).
+      rtol: eigenvalues ``≤ rtol·λ_max`` are zero. Default: for a Dense head's
+        last-layer kernel (features ``Φ`` in dtype ``t``, Gram formed in float64)
+        :func:`~jaxal.spectral.feature_rtol` ``(t, |L|+G, d+1)``; for kernels from
+        :func:`jaxal.ntk.kernel` (formed in ``t``) :func:`~jaxal.spectral.default_rtol`
+        ``(t, |L|+G)``.
+      dtype: evaluate the network in this dtype (its floating parameters and the inputs
+        are cast; e.g. ``jnp.float64`` inside ``jax.enable_x64``); default as it is.
+      memory_bytes: bound on the working memory of one stack of eigenproblems.
       batch_size: rows per forward pass when embedding.
 
     Returns:
-      ``(scores [B], info)``; ``info`` has ``method``, ``rtol``, ``rank`` (the ``k`` of
-      the generic rule, ``None`` for ``"positive"``) and ``labeled_score`` (λ⁺_min of
-      ``K_LL`` alone, same rule; 0 when ``L`` is empty).
+      ``(scores [B] float64, info)``; ``info`` has ``method``, ``rtol``, ``rank`` (the
+      shared ``k``; ``None`` for ``"positive"``), ``rank_min``/``rank_max`` (the
+      per-group ranks), ``zero_groups`` (groups scoring 0), ``labeled_rank`` and
+      ``labeled_score`` (rank and smallest significant eigenvalue of ``K_LL``; 0 when
+      ``L`` is empty).
     """
     check_choice("kernel", kernel, KERNELS)
     check_choice("method", method, METHODS)
     check_choice("spectrum", spectrum, SPECTRA)
+    num_selected = _check_positive_int("num_selected", num_selected)
     groups = np.asarray(groups, dtype=np.int64)
     if groups.ndim != 2 or groups.shape[0] == 0 or groups.shape[1] == 0:
         raise ValueError(f"groups must be a non-empty [B, G] index array, got shape {groups.shape}")
     num, g = groups.shape
     n_l = int(np.shape(x_labeled)[0])
     n = n_l + g
+    if dtype is not None:
+        model, x_labeled, x_pool = _cast(model, x_labeled, x_pool, dtype)
     x_groups = _take(x_pool, groups.reshape(-1))
     dense_last = kernel == "last" and model.dense_head
     if method == "dual" and not dense_last:
         raise ValueError("method='dual' needs kernel='last' and a Dense head (model.dense_head)")
+    scale = float(num_classes)
 
     if dense_last:
-        phi_g = head_features(model, x_groups, batch_size)
-        phi_l = head_features(model, x_labeled, batch_size) if n_l else jnp.zeros((0, phi_g.shape[1]), phi_g.dtype)
-        if dtype is not None:
-            phi_g, phi_l = phi_g.astype(dtype), phi_l.astype(dtype)
-        p = phi_g.shape[1]
-        phi_g = phi_g.reshape(num, g, p)
-        tol = default_rtol(phi_g.dtype, n, p) if rtol is None else float(rtol)
-        tol_l = default_rtol(phi_g.dtype, n_l, p) if rtol is None else float(rtol)
-        if spectrum == "generic":
-            # rank reached by the features of every point, under the groups' zero rule
-            phi_all = np.concatenate([np.asarray(phi_l, np.float64), np.asarray(phi_g, np.float64).reshape(-1, p)])
-            p_eff = numerical_rank(phi_all.T @ phi_all, tol)
-        else:
-            p_eff = None
-        scale = float(num_classes)
-        a_l = phi_l.T @ phi_l
+        # φ = [h, 1] of L and of every group's points, from one forward pass
+        h = np.asarray(embed(model, _concat(x_labeled, x_groups) if n_l else x_groups, batch_size))
+        feat_dtype = h.dtype
+        phi = np.concatenate([h.astype(np.float64), np.ones((h.shape[0], 1))], axis=1)
+        p = int(phi.shape[1])
+        phi_l, phi_g = phi[:n_l], phi[n_l:].reshape(num, g, p)
+        tol = feature_rtol(feat_dtype, n, p) if rtol is None else float(rtol)
+        tol_l = feature_rtol(feat_dtype, n_l, p) if rtol is None else float(rtol)
         use_dual = method == "dual" or (method == "auto" and p < n)
         if use_dual:
-            def score(pg, tol_, k):
-                return dual_scores(a_l, pg, scale=scale, rtol=tol_, rank=k, memory_bytes=memory_bytes)
+            spectra = dual_spectra(phi_l.T @ phi_l, phi_g, scale=scale, memory_bytes=memory_bytes)
         else:
-            k_ll = scale * (phi_l @ phi_l.T)
-
-            def score(pg, tol_, k):
-                k_lg = scale * jnp.einsum("lp,bgp->blg", phi_l, pg)
-                k_gg = scale * jnp.einsum("bgp,bhp->bgh", pg, pg)
-                return bordered_scores(k_ll, k_lg, k_gg, rtol=tol_, rank=k, memory_bytes=memory_bytes)
-
-        score_groups = lambda tol_, k: score(phi_g, tol_, k)  # noqa: E731
-        score_labeled = lambda tol_, k: score(phi_g[:1, :0], tol_, k)  # noqa: E731 - empty group
-        out_dtype = phi_g.dtype
+            k_lg = scale * np.einsum("lp,bgp->blg", phi_l, phi_g)
+            k_gg = scale * np.einsum("bgp,bhp->bgh", phi_g, phi_g)
+            spectra = bordered_spectra(scale * (phi_l @ phi_l.T), k_lg, k_gg, memory_bytes=memory_bytes)
+        gram_l = scale * (phi_l.T @ phi_l if p < n_l else phi_l @ phi_l.T)
     else:
         use_dual = False
         subset = "head" if kernel == "last" else "all"
-        dt = dtype if dtype is not None else jnp.result_type(*jax.tree_util.tree_leaves(model.params))
-        k_ll, k_lg, k_gg = _ntk_blocks(model, x_labeled, x_groups, (num, g), subset, dt)
-        n_params = _num_params(model.params["head"] if subset == "head" else model.params)
-        p_eff = n_params if spectrum == "generic" else None
-        tol = default_rtol(k_gg.dtype, n) if rtol is None else float(rtol)
-        tol_l = default_rtol(k_gg.dtype, n_l) if rtol is None else float(rtol)
+        k_ll, k_lg, k_gg, k_dtype = _ntk_blocks(model, x_labeled, x_groups, (num, g), subset)
+        tol = default_rtol(k_dtype, n) if rtol is None else float(rtol)
+        tol_l = default_rtol(k_dtype, n_l) if rtol is None else float(rtol)
+        spectra = bordered_spectra(k_ll, k_lg, k_gg, memory_bytes=memory_bytes)
+        gram_l = k_ll
 
-        def score_groups(tol_, k):
-            return bordered_scores(k_ll, k_lg, k_gg, rtol=tol_, rank=k, memory_bytes=memory_bytes)
-
-        def score_labeled(tol_, k):  # the labeled set alone: an empty group
-            return bordered_scores(k_ll, k_lg[:1, :, :0], k_gg[:1, :0, :0], rtol=tol_, rank=k, memory_bytes=memory_bytes)
-
-        out_dtype = k_gg.dtype
-
-    def rank_for(size: int) -> int | None:
-        return None if p_eff is None else min(size, p_eff)
-
-    k = rank_for(n)
-    scores = jnp.zeros((num,), out_dtype) if k == 0 else score_groups(tol, k)
-    k_lab = rank_for(n_l)
-    labeled_score = float(score_labeled(tol_l, k_lab)[0]) if n_l and k_lab != 0 else 0.0
+    scores, group_ranks, k = scores_from_spectra(spectra, tol, spectrum, num_selected)
+    if n_l:
+        spec_l = np.linalg.eigvalsh(gram_l)[None]
+        labeled_rank = int(ranks(spec_l, tol_l)[0])
+        labeled_score = float(lambda_plus_min(spec_l, tol_l)[0])
+    else:
+        labeled_rank, labeled_score = 0, 0.0
     info = {
         "method": "dual" if use_dual else "primal",
         "rtol": tol,
         "rank": k,
+        "rank_min": int(group_ranks.min()),
+        "rank_max": int(group_ranks.max()),
+        "zero_groups": int(np.sum(scores == 0.0)),
+        "labeled_rank": labeled_rank,
         "labeled_score": labeled_score,
     }
     return scores, info
+
+
+def default_group_size(budget: int) -> int:
+    """CRC's default ``G`` for a query of ``budget = Q`` points: the largest divisor of
+    ``Q`` not above ``Q/2`` (``Q/2`` for an even ``Q``: two groups kept), or ``Q``
+    itself (one group) when that divisor is 1.
+
+    Measured on digits (MLP, ``Q = 20``, 10 seeds): with 3 noisy copies of every image,
+    ``G = 10`` beat random by +0.025 AUBC (p = 0.006) and every other ``G`` in
+    {1, 2, 5, 20} (p ≤ 0.043), while ``G = 1`` lost to random (-0.031, p = 0.017): a
+    group's λ_min penalises near-duplicates inside it, single points are not checked
+    against each other; on plain digits no ``G`` differed (Friedman p = 0.81).
+    """
+    budget = _check_positive_int("budget", budget)
+    g = max((d for d in range(1, budget // 2 + 1) if budget % d == 0), default=1)
+    return budget if g == 1 else g
+
+
+def _tie_report(scores: np.ndarray, best: np.ndarray) -> tuple[int, bool]:
+    """``(groups tied at the top score, whether a random tie-break decided the pick)``."""
+    top_ties = int(np.sum(scores == scores.max()))
+    cut = scores[best[-1]]
+    decided = bool(np.sum(scores == cut) > np.sum(scores[best] == cut))
+    return top_ties, decided
 
 
 @register("crc")
@@ -262,15 +339,16 @@ def crc(
     memory_bytes: int | None = None,
     batch_size: int = 4096,
 ) -> Query:
-    """CRC (Algorithm 1): the ``budget/G`` random groups with the largest λ⁺_min.
+    """CRC (Algorithm 1): the ``budget/G`` random groups with the largest scores.
 
     Args:
       key: randomness of the partition and of tie-breaks.
       ctx: the round's :class:`~jaxal.strategies.base.Context`.
       budget: query size ``Q``.
-      group_size: ``G``; must divide ``budget``. Default ``budget`` (one group).
+      group_size: ``G``; must divide ``budget``. Default :func:`default_group_size`
+        (``Q/2`` for an even ``Q``).
       kernel, method, spectrum, rtol, dtype, memory_bytes, batch_size: see
-        :func:`group_scores`.
+        :func:`group_scores` (``num_selected = Q/G``).
       max_groups: score at most this many random groups (a random pool subset).
       pool_labels: ``[U]`` TRUE pool labels — pseudo-AL experiments only (uses the
         oracle's labels; an upper bound, not active learning). Needs ``per_class``.
@@ -278,8 +356,11 @@ def crc(
 
     Returns:
       :class:`~jaxal.strategies.base.Query` whose ``info`` records the selected groups'
-      scores (``group_scores``), ``labeled_score`` (λ⁺_min of the labeled set alone),
-      ``num_groups``, ``group_size``, ``method``, ``kernel``, ``rtol``, ``rank``.
+      scores (``group_scores``), ``num_groups``, ``num_selected``, ``group_size``, the
+      shared rank ``rank`` and the per-group range ``rank_min``/``rank_max``,
+      ``top_ties`` (groups sharing the top score), ``zero_groups``, ``tie_break`` (a
+      random tie-break decided part of the pick; a :class:`CRCTieWarning` is then
+      emitted), ``labeled_rank``/``labeled_score``, ``method``, ``kernel``, ``rtol``.
     """
     n_pool = int(np.shape(ctx.x_pool)[0])
     if max_groups is not None:
@@ -298,7 +379,7 @@ def crc(
                 f"group_size={group_size} must equal per_class*num_classes={balanced} when per_class is given"
             )
         group_size = balanced
-    g = budget if group_size is None else _check_positive_int("group_size", group_size)
+    g = default_group_size(budget) if group_size is None else _check_positive_int("group_size", group_size)
     if budget % g:
         raise ValueError(f"group_size={g} must divide the query size budget={budget}")
     if per_class is not None:
@@ -320,19 +401,39 @@ def crc(
         kernel=kernel,
         method=method,
         spectrum=spectrum,
+        num_selected=wanted,
         rtol=rtol,
         dtype=dtype,
         memory_bytes=memory_bytes,
         batch_size=batch_size,
     )
     best = top_k_indices(scores, wanted, k_tie)
-    s = np.asarray(scores, dtype=np.float64)
+    top_ties, decided = _tie_report(scores, best)
+    num = int(groups.shape[0])
     info.update(
         kernel=kernel,
         spectrum=spectrum,
         group_size=g,
-        num_groups=int(groups.shape[0]),
-        group_scores=[float(v) for v in s[best]],
+        num_groups=num,
+        num_selected=wanted,
+        top_ties=top_ties,
+        tie_break=decided,
+        group_scores=[float(v) for v in scores[best]],
         uses_true_labels=per_class is not None,
     )
+    if decided:
+        what = (
+            f"all {num} groups score {scores[0]:.3g}" if np.all(scores == scores[0])
+            else f"{int(np.sum(scores == scores[best[-1]]))} groups tie at the score {scores[best[-1]]:.3g} "
+            f"where the top {wanted} are cut ({top_ties} at the top score)"
+        )
+        warnings.warn(
+            f"crc: {what}, so a random tie-break chose part of the query ({info['zero_groups']} of {num} groups "
+            f"score 0; rank k={info['rank']}, per-group ranks {info['rank_min']}-{info['rank_max']}, "
+            f"rtol={info['rtol']:.2g}). The groups' spectra do not separate them: duplicated or already-labeled "
+            "candidates, or collapsed features. Try a smaller group_size, kernel='full', spectrum='positive', "
+            "or a float64 evaluation (dtype=jnp.float64 inside jax.enable_x64).",
+            CRCTieWarning,
+            stacklevel=2,
+        )
     return Query(indices=groups[best].reshape(-1), info=info)
