@@ -175,7 +175,7 @@ def ridge_refit_with_point(
     ``anchor`` = the current head ``W0`` (so ``f = Φ W0``), ``solver="svd"`` and
     ``lam = 0``, the refit is the minimum-norm change of ``W`` that interpolates the
     labels, whose predictions are exactly ``f_lin`` (on ``L``) and ``f⁺_lin`` (on
-    ``L ∪ {x'}``) of DESIGN.md §4 whenever ``|L| + 1 ≤ d + 1`` and the rows are
+    ``L ∪ {x'}``) of :mod:`jaxal.lookahead.core` whenever ``|L| + 1 ≤ d + 1`` and the rows are
     independent. With ``lam > 0`` it is the same update with noise variance ``lam``
     added to the kernel's diagonal.
     """

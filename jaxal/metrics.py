@@ -112,7 +112,7 @@ def penalty_matrix(
     alpha: float = 0.05,
     budgets: Sequence[int] | None = None,
 ) -> PenaltyMatrix:
-    """Pairwise penalty matrix over seeds (Ash et al.'s evaluation, sign as in DESIGN §7).
+    """Pairwise penalty matrix over seeds (Ash et al.'s evaluation; a win is a significantly *higher* accuracy).
 
     At each budget, strategies i and j are compared with a two-sided paired t-test over
     the seeds they share; i wins when the test rejects at ``alpha`` and i's mean accuracy

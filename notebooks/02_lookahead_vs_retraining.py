@@ -22,7 +22,7 @@
 #
 # `f⁺_lin(x) = f_lin(x) + Σ(x, x') / σ²(x') · (ŷ' − f_lin(x'))`,
 #
-# from one Cholesky of the labeled kernel (DESIGN.md §4). This notebook puts the two
+# from one Cholesky of the labeled kernel (docs/lookahead.md). This notebook puts the two
 # side by side on MNIST-1D: the NTK scores of every candidate, and real retraining for a
 # handful of them. The question is whether the NTK ranks the candidates as retraining
 # would, and at what cost.

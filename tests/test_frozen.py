@@ -89,7 +89,7 @@ def test_ridge_anchor_and_min_norm():
 
 def test_refit_with_point_is_the_kernel_lookahead_update():
     # d + 1 = 9 > |L| + 1 = 5: the NTK look-ahead (kernel h·h' + 1, no noise) is exactly a
-    # min-norm refit anchored at the current head. Compare with DESIGN.md §4, in numpy.
+    # min-norm refit anchored at the current head. Compare with the bordered kernel solve, in numpy.
     rng = np.random.default_rng(2)
     h_l, h_s = rng.normal(size=(4, 8)), rng.normal(size=(6, 8))
     y_l = np.eye(3)[[0, 1, 2, 1]]

@@ -92,7 +92,7 @@ def test_returned_queries_are_checked(setup):
 
 
 def test_design_feel_from_the_top_level_import(setup):
-    """DESIGN §0: a batch, the sequential annotator loop and a kernel from ``import jaxal``."""
+    """The package's promise: a batch, the sequential annotator loop and a kernel from ``import jaxal``."""
     m, x = setup
     xl, yl, xu = x[:4], np.array([0, 1, 2, 0]), x[4:]
     batch = jaxal.select("mlmoc", jax.random.key(0), m, x_labeled=xl, y_labeled=yl, x_pool=xu, budget=3)

@@ -3,7 +3,7 @@
 Mohamadi, Bae & Sutherland (NeurIPS 2022) approximate retraining on ``L ∪ {(x', y')}``
 by kernel regression with the empirical NTK around the trained weights. jaxal scores
 every candidate at once from one Cholesky of ``K_LL`` (block inverse of the bordered
-kernel; DESIGN.md §4 has the maths and the correction to the paper's eq. 12).
+kernel; ``docs/lookahead.md`` has the maths and the correction to the paper's eq. 12).
 
 - :mod:`~jaxal.lookahead.core`: the maths on kernel matrices; a BlackJAX-style state
   machine ``init`` / ``add`` / ``best`` (plus ``scores``, ``greedy_batch``).

@@ -16,13 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxal.lookahead import core
-from jaxal.lookahead.baselines import mlp_depth, relu_ntk
+from jaxal.lookahead.baselines import mlp_depth, mlp_input_dim, mlp_widths, relu_ntk_ntk_param, relu_ntk_standard
 from jaxal.model import Model, num_classes as _num_classes
 from jaxal.validation import check_choice, check_labels, check_nonempty, check_same_length
 
 __all__ = ["KERNELS", "CONTRACTIONS", "kernel_blocks", "init_from_model", "Sequential"]
 
-KERNELS = ("empirical", "infinite")
+#: ``empirical``: the trained network's NTK; ``infinite``: the infinite-width limit of the
+#: same (standard-parametrised Flax) MLP at initialisation; ``infinite_ntk_param``: the
+#: infinite-width limit in the NTK parametrisation (a different kernel; a contrast).
+KERNELS = ("empirical", "infinite", "infinite_ntk_param")
 CONTRACTIONS = ("single_logit", "sum_logits", "trace", "full")
 
 
@@ -41,8 +44,12 @@ def kernel_blocks(
 
     ``kernel="empirical"``: :func:`jaxal.ntk.kernel` with ``contraction`` and ``subset``
     (scalar ``[n1, n2]`` or, for ``"full"``, ``[n1, n2, C, C]``).
-    ``kernel="infinite"``: :func:`~jaxal.lookahead.baselines.relu_ntk` with the model's
-    number of hidden layers (or ``depth``); scalar, used ``⊗ I_C``.
+    ``kernel="infinite"``: :func:`~jaxal.lookahead.baselines.relu_ntk_standard`, the
+    infinite-width NTK of the model's own architecture (a ReLU MLP in Flax's standard
+    parametrisation, widths read from its Dense kernels; ``depth`` must be ``None`` or
+    the model's depth). ``kernel="infinite_ntk_param"``:
+    :func:`~jaxal.lookahead.baselines.relu_ntk_ntk_param` with the model's number of
+    hidden layers (or ``depth``). Both scalar, used ``⊗ I_C``.
     """
     check_choice("kernel", kernel, KERNELS)
     check_choice("contraction", contraction, CONTRACTIONS)
@@ -52,8 +59,17 @@ def kernel_blocks(
         from jaxal.ntk import kernel as ntk_kernel
 
         k = ntk_kernel(model, x, contraction=contraction, subset=subset, memory_bytes=memory_bytes)
+    elif kernel == "infinite":
+        widths = mlp_widths(model)
+        if depth is not None and depth != len(widths):
+            raise ValueError(f"kernel='infinite' reads the depth from the model ({len(widths)} hidden layers); "
+                             f"depth={depth} applies to kernel='infinite_ntk_param'")
+        d = int(np.prod(x.shape[1:]))
+        if mlp_input_dim(model) != d:
+            raise ValueError(f"the model's first Dense layer takes {mlp_input_dim(model)} inputs, x has {d}")
+        k = relu_ntk_standard(x, widths=widths)
     else:
-        k = relu_ntk(x, depth=depth if depth is not None else mlp_depth(model))
+        k = relu_ntk_ntk_param(x, depth=depth if depth is not None else mlp_depth(model))
     return k[:n_l, :n_l], k[n_l:, :n_l], k[n_l:, n_l:]
 
 
