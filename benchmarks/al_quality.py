@@ -166,13 +166,13 @@ _PRIOR_LA = {"*": 12.0, "random": 8.0, "mlmoc-seq": 20.0, "mlmoc[batch=greedy]":
              "compile": 60.0}
 LOOKAHEAD_SETTINGS = {
     "digits-mlp": Setting("digits-mlp", "digits / MLP 512", "digits", "mlp", {"widths": (512,)},
-                          initial=20, budget=20, rounds=10, candidates=1000, epochs=300, crc_group_size=5,
+                          initial=20, budget=20, rounds=10, candidates=1000, epochs=300, crc_group_size=10,
                           prior_seconds=_PRIOR_LA),
     "mnist1d-mlp": Setting("mnist1d-mlp", "MNIST-1D / MLP 512-512", "mnist1d", "mlp", {"widths": (512, 512)},
-                           initial=100, budget=20, rounds=10, candidates=1000, epochs=300, crc_group_size=5,
+                           initial=100, budget=20, rounds=10, candidates=1000, epochs=300, crc_group_size=10,
                            prior_seconds=_PRIOR_LA),
     "mnist1d-cnn": Setting("mnist1d-cnn", "MNIST-1D / CNN", "mnist1d", "cnn", {"channels": (16, 32), "hidden": 64},
-                           initial=100, budget=20, rounds=10, candidates=1000, epochs=300, crc_group_size=5,
+                           initial=100, budget=20, rounds=10, candidates=1000, epochs=300, crc_group_size=10,
                            prior_seconds=_PRIOR_LA),
 }
 

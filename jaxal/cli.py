@@ -217,6 +217,7 @@ def results_table(results: dict[str, list[list[dict]]], title: str | None = None
     several seeds show ``mean ± std``.
     """
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     strategies = list(results)
@@ -224,10 +225,10 @@ def results_table(results: dict[str, list[list[dict]]], title: str | None = None
     table.add_column("round", justify="right")
     table.add_column("labeled", justify="right")
     for s in strategies:
-        table.add_column(f"acc {s}", justify="right")
+        table.add_column(escape(f"acc {s}"), justify="right")
     table.add_column("train s", justify="right")
     for s in strategies:
-        table.add_column(f"query s {s}", justify="right")
+        table.add_column(escape(f"query s {s}"), justify="right")
     rounds = sorted({int(r["round"]) for runs in results.values() for recs in runs for r in recs})
     for k in rounds:
         at = {s: [r for recs in results[s] for r in recs if int(r["round"]) == k] for s in strategies}
@@ -252,6 +253,8 @@ def run_command(args: argparse.Namespace) -> int:
     console = Console(soft_wrap=True, highlight=False)
     if args.resume and not args.out:
         raise ValueError("--resume needs --out: the directory of the run to continue")
+    from rich.markup import escape
+
     from jaxal.compare import label_of
 
     configs = compare_configs(args)
@@ -277,7 +280,7 @@ def run_command(args: argparse.Namespace) -> int:
         last = records[-1] if records else None
         if last is not None:
             console.print(
-                f"  {label:>16} seed {c.seed}: {len(records)} rounds, {last['n_labeled']} labels, "
+                f"  {escape(label):>16} seed {c.seed}: {len(records)} rounds, {last['n_labeled']} labels, "
                 f"test accuracy {last['test_accuracy']:.3f}  ({time.perf_counter() - t0:.1f} s)",
                 highlight=False,
             )
@@ -405,7 +408,7 @@ def compare_command(args: argparse.Namespace) -> int:
         f"jaxal compare: {c0.dataset}, {c0.model}, {len({c.label for c in cells})} strategies x "
         f"{len({c.seed for c in cells})} seeds = {len(cells)} runs ({states.count('done')} done, "
         f"{states.count('partial')} to resume); initial {c0.initial_size}, budget {c0.budget} x {c0.rounds} rounds, "
-        f"{c0.start} start\noutput: {out}"
+        f"protocol {c0.protocol}\noutput: {out}", markup=False
     )
     t0 = time.perf_counter()
     _, report = compare(configs, out, reference=args.reference, progress=not args.quiet and console.is_terminal,
@@ -421,7 +424,7 @@ def _print_report(console: Any, report: Any) -> None:
     table = aubc_markdown(report.rows, report.penalty)
     Console = type(console)
     Console(width=max(console.width, max(len(line) for line in table.splitlines()) + 1), highlight=False).print(
-        "\n" + table + "\n"
+        "\n" + table + "\n", markup=False
     )
     for note in report.notes:
         console.print(f"note: {note}")

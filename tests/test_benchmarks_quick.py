@@ -59,3 +59,13 @@ def test_badge_speed_quick(tmp_path, script):
               "badge_over_bandwidth_floor", "badge_peak_bytes"):
         assert k in d
     assert d["badge_peak_bytes"] > 0
+
+
+def test_lookahead_batch_modes_quick(tmp_path):
+    d = _run("lookahead_batch_modes", tmp_path)
+    dup = d["duplicate_fraction"]
+    assert set(dup) == {"topk", "greedy", "sequential"} and all(0.0 <= v <= 1.0 for v in dup.values())
+    # a greedy batch conditions on each pick, so a noisy copy of a picked point has (almost)
+    # no posterior variance left and is not picked again in the same batch
+    assert dup["greedy"] <= dup["topk"] and dup["greedy"] <= 0.05
+    assert d["greedy_over_topk"] > 0 and all(q["topk"]["run_s"] > 0 for q in d["query"])

@@ -189,3 +189,15 @@ def test_arm_syntax_variants_and_sequential():
     dup = argparse.Namespace(**{**vars(args), "strategy": "mlmoc,mlmoc"})
     with pytest.raises(ValueError, match="twice"):
         compare_configs(dup)
+
+
+def test_variant_labels_survive_the_printed_table():
+    """Rich would read ``[batch=greedy]`` as markup and drop it from the table."""
+    from rich.console import Console
+
+    from jaxal.cli import results_table
+
+    rec = {"round": 0, "n_labeled": 10, "test_accuracy": 0.5, "train_seconds": 1.0, "query_seconds": 0.0}
+    console = Console(width=200, record=True)
+    console.print(results_table({"mlmoc[batch=greedy]": [[rec]], "random": [[rec]]}))
+    assert "acc mlmoc[batch=greedy]" in console.export_text()
