@@ -72,30 +72,6 @@ def test_standard_limit_weights_each_layer_by_its_fan_in():
     assert _rel(swapped, emp) > 3 * _rel(sp, emp)
 
 
-def test_standard_limit_one_hidden_layer_by_numerical_integration():
-    # One hidden layer of width n: Θ = (x·x' + 1) E[relu'(u)relu'(v)] + n E[relu(u)relu(v)] + 1
-    # with (u, v) ~ N(0, x x'ᵀ/d): expectations by scipy dblquad over the positive quadrant.
-    from scipy import integrate
-
-    x = np.array([[1.0, 0.5], [-0.3, 2.0]])
-    s = x @ x.T / 2
-    inv, det = np.linalg.inv(s), np.linalg.det(s)
-
-    def density(v, u):
-        z = np.array([u, v])
-        return np.exp(-0.5 * z @ inv @ z) / (2 * np.pi * np.sqrt(det))
-
-    e_relu = integrate.dblquad(lambda v, u: u * v * density(v, u), 0, np.inf, 0, np.inf)[0]
-    e_step = integrate.dblquad(density, 0, np.inf, 0, np.inf)[0]
-    n = 7
-    want = (x[0] @ x[1] + 1) * e_step + n * e_relu + 1
-    got = float(baselines.relu_ntk_standard(jnp.asarray(x), widths=(n,))[0, 1])
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-    # no hidden layer: a linear model, Θ = x·x' + 1
-    np.testing.assert_allclose(np.asarray(baselines.relu_ntk_standard(jnp.asarray(x), widths=())), x @ x.T + 1,
-                               rtol=1e-6)
-
-
 def test_infinite_kernel_rejects_a_mismatched_depth():
     module = models.create("mlp", 3, input_shape=(4,), widths=(8, 8))
     x = jnp.ones((3, 4))

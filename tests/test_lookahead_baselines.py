@@ -44,10 +44,12 @@ def test_relu_ntk_matches_monte_carlo_of_a_wide_network():
                                                              bias_variance=sb)), got[:2], rtol=1e-5)
 
 
-def test_relu_ntk_one_layer_matches_numerical_integration():
-    # Θ = E[relu(u)relu(v)] + (x·x'/d) E[relu'(u)relu'(v)] for σ_w² = 1, σ_b² = 0, depth 1,
-    # with (u, v) ~ N(0, Σ⁰): both expectations integrate a Gaussian density over the
-    # positive quadrant (scipy dblquad; independent of the arc-cosine closed forms).
+def test_one_layer_limits_match_numerical_integration():
+    # Both infinite-width limits of one hidden ReLU layer, with (u, v) ~ N(0, Σ⁰ = x x'ᵀ/d)
+    # and the expectations integrated over the positive quadrant (scipy dblquad;
+    # independent of the arc-cosine closed forms):
+    # NTK parametrisation (σ_w² = 1, σ_b² = 0): Θ = E[relu(u)relu(v)] + (x·x'/d) E[relu'(u)relu'(v)];
+    # standard parametrisation, width n: Θ = (x·x' + 1) E[relu'(u)relu'(v)] + n E[relu(u)relu(v)] + 1.
     from scipy import integrate
 
     x = np.array([[1.0, 0.5], [-0.3, 2.0]])
@@ -63,6 +65,13 @@ def test_relu_ntk_one_layer_matches_numerical_integration():
     want = e_relu + s[0, 1] * e_step
     got = float(baselines.relu_ntk(jnp.asarray(x), depth=1)[0, 1])
     np.testing.assert_allclose(got, want, rtol=1e-5)
+    n = 7
+    want_standard = (x[0] @ x[1] + 1) * e_step + n * e_relu + 1
+    got_standard = float(baselines.relu_ntk_standard(jnp.asarray(x), widths=(n,))[0, 1])
+    np.testing.assert_allclose(got_standard, want_standard, rtol=1e-5)
+    # no hidden layer: a linear model, Θ = x·x' + 1
+    np.testing.assert_allclose(np.asarray(baselines.relu_ntk_standard(jnp.asarray(x), widths=())), x @ x.T + 1,
+                               rtol=1e-6)
 
 
 def test_one_step_sgd_score_equals_an_explicit_optax_step():
