@@ -35,7 +35,7 @@ strategy at a seed; the loop gives every strategy the same initial set and weigh
   cost is one ``(d+1)``- or ``(|L|+G)``-sized ``eigvalsh`` per group, the grid's most
   expensive query; smaller groups mean more of them.
 
-Evaluation (per setting, see :mod:`jaxal.report`): learning curves with 95% CIs,
+Evaluation (per setting, see :mod:`jaxal.experiment.report`): learning curves with 95% CIs,
 differences to random (paired per seed), AUBC with CIs and paired t-tests against
 random, the penalty matrix, ``summary.md``. Across settings: ``README_table.md`` (the
 AUBC table for the README) and ``results.json``.
@@ -64,14 +64,14 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from jaxal import protocols
 from jaxal import strategies as registry
 from jaxal.cli import parse_arm, split_arms
-from jaxal.compare import compare, run_grid
-from jaxal.evaluate import SEQUENTIAL_SUFFIX
-from jaxal.loop import ExperimentConfig
-from jaxal.report import Report, verdict
-from jaxal.train import TrainConfig
+from jaxal.experiment import protocols
+from jaxal.experiment.grid import compare, run_grid
+from jaxal.experiment.loop import ExperimentConfig
+from jaxal.experiment.records import SEQUENTIAL_SUFFIX
+from jaxal.experiment.report import Report, verdict
+from jaxal.training.train import TrainConfig
 
 STRATEGIES = ("random", "entropy", "margin", "least_confidence", "coreset", "badge", "bald", "mlmoc",
               "mlmoc" + SEQUENTIAL_SUFFIX, "crc")
@@ -108,7 +108,7 @@ class Setting:
 
         ``strategy`` is an arm: ``NAME``, ``NAME-seq`` (sequential) or ``NAME[key=value]``
         (a variant, labelled by its text). ``protocol="lookahead"`` applies
-        :func:`jaxal.protocols.apply` (warm start, squared loss to a small residual, ...)
+        :func:`jaxal.experiment.protocols.apply` (warm start, squared loss to a small residual, ...)
         keeping this setting's epoch cap, batch size and candidates.
         """
         name, sequential, variant = parse_arm(strategy)
@@ -190,7 +190,7 @@ def available(names: Sequence[str]) -> list[str]:
         base, sequential, _ = parse_arm(s)
         if base not in known:
             warnings.warn(f"strategy {base!r} is not registered (yet): skipped", stacklevel=2)
-        elif sequential and not hasattr(registry.get(base), "sequential"):
+        elif sequential and registry.sequential_mode(base) is None:
             warnings.warn(f"strategy {base!r} has no sequential mode: {s!r} skipped", stacklevel=2)
         else:
             kept.append(s)

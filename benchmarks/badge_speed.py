@@ -3,7 +3,7 @@
 Random factors stand in for a trained network (a = softmax(z) − e_argmax, h ~ N(0, 1)).
 Compared, for B seeds over N points:
 
-* ``jaxal f32`` / ``jaxal bf16``: :func:`jaxal.strategies.kmeanspp._seed` on the factors
+* ``jaxal f32`` / ``jaxal bf16``: :func:`jaxal.ops.kmeanspp._seed` on the factors
   (a [N, C], h [N, d]), bias block included — one ``lax.fori_loop``.
 * ``numpy factorised``: the same factored distances written the way the official BADGE code
   seeds (running min distances, ``scipy.stats.rv_discrete`` draw each step).
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from jaxal.strategies.kmeanspp import _seed, d2_probabilities
+from jaxal.ops.kmeanspp import _seed, d2_probabilities
 
 FULL_CASES = [(50_000, 10, 512, 1_000), (20_000, 100, 768, 1_000)]
 QUICK_CASES = [(4_000, 10, 64, 40), (2_000, 20, 96, 40)]

@@ -32,10 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxal import data, models, train
+from jaxal import data, models
 from jaxal.model import from_functions
 from jaxal.ntk import head_features
-from jaxal.spectral import (
+from jaxal.ops.spectral import (
     default_rtol,
     dual_spectra,
     feature_rtol,
@@ -44,6 +44,7 @@ from jaxal.spectral import (
     scores_from_spectra,
 )
 from jaxal.strategies.crc import group_scores, random_groups
+from jaxal.training import train
 
 
 def make_problem(n_labeled: int, group_size: int, num_groups: int, d: int, num_classes: int, seed: int = 0):

@@ -1,6 +1,6 @@
 """Which ingredient of the look-ahead protocol decides whether MLMOC beats random?
 
-Starting from the look-ahead protocol (:mod:`jaxal.protocols`: squared loss, warm
+Starting from the look-ahead protocol (:mod:`jaxal.experiment.protocols`: squared loss, warm
 start, training to a mean squared residual <= 0.01, BatchNorm frozen after round 0,
 1,000 random candidates), each variant changes ONE ingredient, and the last one
 changes them all (the standard protocol). Every variant is its own paired comparison
@@ -39,11 +39,11 @@ import os
 import sys
 from typing import Any, Sequence
 
-from jaxal import protocols
 from jaxal.cli import parse_arm
-from jaxal.compare import compare
-from jaxal.loop import ExperimentConfig
-from jaxal.train import TrainConfig
+from jaxal.experiment import protocols
+from jaxal.experiment.grid import compare
+from jaxal.experiment.loop import ExperimentConfig
+from jaxal.training.train import TrainConfig
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "lookahead_ablation")
 ARMS = ("random", "mlmoc[batch=greedy]", "mlmoc-seq")

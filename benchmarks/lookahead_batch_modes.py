@@ -29,8 +29,9 @@ import jax
 import numpy as np
 
 import jaxal
-from jaxal import data, models, protocols
-from jaxal.train import TrainConfig, init_variables, scale_head, train
+from jaxal import data, models
+from jaxal.experiment import protocols
+from jaxal.training.train import TrainConfig, init_variables, scale_head, train
 
 MODES = ("topk", "greedy", "sequential")
 
@@ -50,9 +51,10 @@ def _trained(dataset: str, widths: tuple, n_labeled: int, seed: int, **data_opti
 
 def _query(mode: str, key, model, xl, yl, xp, budget: int, oracle=None):
     fn = jaxal.strategies.get("mlmoc")
+    seq = jaxal.strategies.sequential_mode("mlmoc")
     ctx = jaxal.strategies.base.make_context(model, x_labeled=xl, y_labeled=yl, x_pool=xp)
     if mode == "sequential":
-        return fn.sequential(key, ctx, budget, oracle).indices
+        return seq(key, ctx, budget, oracle).indices
     return fn(key, ctx, budget, batch=mode).indices
 
 

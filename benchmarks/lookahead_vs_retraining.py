@@ -32,7 +32,7 @@ Protocol (per width ``w`` and seed):
   one :func:`jaxal.lookahead.core.init`. Its scores are checked against
   :func:`jaxal.lookahead.core.scores` (with the ``L``-fit offset removed).
 - Baselines, same pseudo-labels: the same formula with the **infinite-width** kernels
-  (``kernel="infinite"``: the standard-parametrisation limit of this very MLP;
+  (``approximation="infinite"``: the standard-parametrisation limit of this very MLP;
   ``"infinite_ntk_param"``: the NTK-parametrisation limit); **one-step SGD**
   (:func:`jaxal.lookahead.baselines.one_step_sgd_outputs`, default step fitting the
   candidate's residual); and, for rankings only, the **residual** ``‖y' − f(x')‖``.
@@ -352,7 +352,7 @@ def run_seed(ds, width: int, seed: int, args, n_cand: int, max_steps: int) -> di
 
     deltas, info = {}, {}
     for name, kern in KERNEL_OF.items():
-        blocks = kernel_blocks(model, x_l, x_s, kernel=kern)
+        blocks = kernel_blocks(model, x_l, x_s, approximation=kern)
         state, linfo = core.init(*blocks, f_l.astype(blocks[0].dtype), f_s.astype(blocks[0].dtype), y_l)
         deltas[name] = kernel_deltas(state, cand, y_c)
         info[name] = {"num_clamped": int(linfo.num_clamped), "relative_jitter": float(linfo.relative_jitter)}

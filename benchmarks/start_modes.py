@@ -48,10 +48,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jaxal import evaluate as ev
-from jaxal.compare import plan, run_grid, run_status
-from jaxal.loop import ExperimentConfig, run
-from jaxal.train import TrainConfig
+from jaxal.experiment import records as ev
+from jaxal.experiment.grid import plan, run_grid, run_status
+from jaxal.experiment.loop import ExperimentConfig, run
+from jaxal.training.train import TrainConfig
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "start_modes")
 SIGMA = 0.01

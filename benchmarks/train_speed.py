@@ -1,6 +1,6 @@
-"""Training throughput of ``jaxal.train.train`` and two ways to run an epoch.
+"""Training throughput of ``jaxal.training.train.train`` and two ways to run an epoch.
 
-``jaxal.train.train`` dispatches one jitted optax step per fixed-shape mini-batch
+``jaxal.training.train.train`` dispatches one jitted optax step per fixed-shape mini-batch
 (gathered on the device from the permutation, batch index traced: one compile per
 labeled-set size) plus one jitted inference pass per epoch for the stop rule.
 Compared with the same steps run as
@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from jaxal import data, models
-from jaxal.train import TrainConfig, epoch_batches, init_variables, train
+from jaxal.training.train import TrainConfig, epoch_batches, init_variables, train
 
 
 @functools.lru_cache(maxsize=None)

@@ -145,15 +145,15 @@ def _options_for(strategy: str, options: dict[str, Any], extra: dict[str, Any]) 
 
 def _configs(args: argparse.Namespace) -> list:
     """One :class:`ExperimentConfig` per (strategy, seed), all validated."""
-    from jaxal.loop import ExperimentConfig, validate
-    from jaxal.train import TrainConfig
+    from jaxal.experiment.loop import ExperimentConfig, validate
+    from jaxal.training.train import TrainConfig
 
     names = [s.strip() for s in args.strategy.split(",") if s.strip()]
     if not names:
         raise ValueError("--strategy is empty")
     if len(set(names)) != len(names):
         raise ValueError(f"--strategy lists a name twice: {args.strategy!r}")
-    from jaxal import protocols
+    from jaxal.experiment import protocols
 
     model_options = {"widths": parse_int_list(args.widths, "--widths")} if args.widths else {}
     model_options.update(parse_options(args.model_option, "--model-option"))
@@ -246,16 +246,16 @@ def run_command(args: argparse.Namespace) -> int:
     """Run every (strategy, seed), print the per-round table, draw the learning curves."""
     from rich.console import Console
 
-    from jaxal.evaluate import plot_learning_curves
-    from jaxal.loop import run
-    from jaxal.protocols import describe
+    from jaxal.experiment.loop import run
+    from jaxal.experiment.protocols import describe
+    from jaxal.experiment.records import plot_learning_curves
 
     console = Console(soft_wrap=True, highlight=False)
     if args.resume and not args.out:
         raise ValueError("--resume needs --out: the directory of the run to continue")
     from rich.markup import escape
 
-    from jaxal.compare import label_of
+    from jaxal.experiment.grid import label_of
 
     configs = compare_configs(args)
     out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
@@ -336,7 +336,7 @@ def parse_arm(text: str) -> tuple[str, bool, dict[str, Any]]:
     ``--option``; a value holding commas must be bracketed, e.g. ``widths=(64,64)``.
     """
     from jaxal import strategies
-    from jaxal.evaluate import SEQUENTIAL_SUFFIX
+    from jaxal.experiment.records import SEQUENTIAL_SUFFIX
 
     name, options = text.strip(), {}
     if name.endswith("]") and "[" in name:
@@ -366,7 +366,7 @@ def compare_configs(args: argparse.Namespace) -> list:
     """The grid's configs: `jaxal run`'s (:func:`_configs`) per base strategy, with the
     ``-seq`` arms switched to their sequential mode and each ``NAME[k=v]`` variant's
     options added; an arm that is not a plain strategy is labelled by its text."""
-    from jaxal.loop import validate
+    from jaxal.experiment.loop import validate
 
     names = split_arms(args.strategy)
     names = [s.strip() for s in names if s.strip()]
@@ -395,7 +395,7 @@ def compare_command(args: argparse.Namespace) -> int:
     """Run the grid with one progress bar, write and print the evaluation."""
     from rich.console import Console
 
-    from jaxal.compare import compare, plan, run_status
+    from jaxal.experiment.grid import compare, plan, run_status
 
     console = Console(soft_wrap=True, highlight=False)
     configs = compare_configs(args)
@@ -419,7 +419,7 @@ def compare_command(args: argparse.Namespace) -> int:
 
 
 def _print_report(console: Any, report: Any) -> None:
-    from jaxal.report import aubc_markdown
+    from jaxal.experiment.report import aubc_markdown
 
     table = aubc_markdown(report.rows, report.penalty)
     Console = type(console)
@@ -454,7 +454,7 @@ def plot_command(args: argparse.Namespace) -> int:
     """Write and print the evaluation of existing runs."""
     from rich.console import Console
 
-    from jaxal.report import write_report
+    from jaxal.experiment.report import write_report
 
     console = Console(soft_wrap=True, highlight=False)
     report = write_report(args.dirs, args.out or args.dirs[0], reference=args.reference, title=args.title)

@@ -13,6 +13,10 @@ positive semi-definite.
 
 Shapes: ``x`` is a batch ``[n, ...]``; ``features`` returns ``[n, d]``; ``head``
 returns ``[n, C]``.
+
+This module is the ground floor: the batched prediction helpers (:func:`predict_logits`,
+:func:`predict_probs`, :func:`embed`) live here so that every other layer (NTK engine,
+look-ahead, trainers, strategies) can use them without importing a higher one.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from typing import Any, Callable, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 Params = Any
 Array = jax.Array
 
-__all__ = ["Model", "from_linen", "from_nnx", "from_functions"]
+__all__ = ["Model", "from_linen", "from_nnx", "from_functions", "num_classes", "batched", "predict_logits",
+           "predict_probs", "embed"]
 
 
 @struct.dataclass
@@ -226,3 +232,42 @@ def num_classes(model: Model, x_example: Array) -> int:
     """Number of logits ``C``, found by shape inference (no FLOPs)."""
     out = jax.eval_shape(lambda x: model.logits(x), jnp.asarray(x_example[:1]))
     return int(out.shape[-1])
+
+
+# --------------------------------------------------------------------------- batched prediction
+
+
+def batched(fn, x: Any, batch_size: int = 4096) -> jax.Array:
+    """Apply ``fn`` to ``x`` in row chunks (bounded memory) and concatenate."""
+    n = int(np.shape(x)[0])
+    if n <= batch_size:
+        return fn(jnp.asarray(x))
+    outs = [fn(jnp.asarray(x[i : i + batch_size])) for i in range(0, n, batch_size)]
+    return jnp.concatenate(outs, axis=0)
+
+
+@jax.jit
+def _apply(model: Model, x: jax.Array, key: jax.Array | None) -> jax.Array:
+    # One compiled function for every call: ``Model`` is a pytree whose functions are
+    # static, so the cache is keyed by (model functions, shapes), not rebuilt per call.
+    return model.apply(model.params, x, key)
+
+
+@jax.jit
+def _features(model: Model, x: jax.Array) -> jax.Array:
+    return model.features(model.params["body"], x)
+
+
+def predict_logits(model: Model, x: Any, batch_size: int = 4096, key: jax.Array | None = None) -> jax.Array:
+    """Logits ``[n, C]`` of ``x``, computed in jit-compiled chunks."""
+    return batched(lambda xb: _apply(model, xb, key), x, batch_size)
+
+
+def predict_probs(model: Model, x: Any, batch_size: int = 4096) -> jax.Array:
+    """Softmax probabilities ``[n, C]`` of ``x``."""
+    return jax.nn.softmax(predict_logits(model, x, batch_size), axis=-1)
+
+
+def embed(model: Model, x: Any, batch_size: int = 4096) -> jax.Array:
+    """Penultimate features ``[n, d]`` of ``x``, in chunks."""
+    return batched(lambda xb: _features(model, xb), x, batch_size)

@@ -100,7 +100,7 @@ variables = net.init(jax.random.key(1), x_l[:1])
 # ## Train it with plain optax
 #
 # Full-batch Adam on the 30 labeled points, cross-entropy, dropout on. (Or let jaxal
-# train it: `jaxal.train.train(key, module, variables, x, y, num_classes, TrainConfig())`
+# train it: `jaxal.training.train.train(key, module, variables, x, y, num_classes, TrainConfig())`
 # expects a `train` keyword in `__call__`, like the networks in `jaxal.models`.)
 
 # %%

@@ -41,7 +41,8 @@ import numpy as np
 import optax
 from scipy import stats
 
-from jaxal import data, lookahead, models, train
+from jaxal import data, lookahead, models
+from jaxal.training import train
 
 QUICK = os.environ.get("JAXAL_NOTEBOOK_QUICK") == "1"
 OUT = os.environ.get("JAXAL_NOTEBOOK_OUT", os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures"))

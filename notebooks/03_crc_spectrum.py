@@ -35,8 +35,9 @@ import jax
 import numpy as np
 
 import jaxal
-from jaxal import data, models, train
+from jaxal import data, models
 from jaxal.strategies.crc import group_scores, random_groups
+from jaxal.training import train
 
 QUICK = os.environ.get("JAXAL_NOTEBOOK_QUICK") == "1"
 OUT = os.environ.get("JAXAL_NOTEBOOK_OUT", os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures"))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxal import augment as A
+from jaxal.training import augment as A
 
 KEY = jax.random.key(0)
 

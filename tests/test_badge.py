@@ -8,14 +8,14 @@ import pytest
 from scipy import stats
 
 import jaxal
-from jaxal.strategies.badge import badge_factors, gradient_embedding
-from jaxal.strategies.kmeanspp import (
+from jaxal.ops.kmeanspp import (
     _seed,
     d2_probabilities,
     kmeanspp,
     kmeanspp_factored,
     min_sqdist_to_centres,
 )
+from jaxal.strategies.badge import badge_factors, gradient_embedding
 
 
 class MLP(nn.Module):

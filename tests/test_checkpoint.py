@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxal import checkpoint as ckpt
+from jaxal.experiment import checkpoint as ckpt
 
 
 class BanditState(NamedTuple):

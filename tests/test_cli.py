@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxal.cli import main, parse_options, parse_seeds
-from jaxal.evaluate import curve, load_records, plot_learning_curves
+from jaxal.experiment.records import curve, load_records, plot_learning_curves
 
 TINY = ["run", "--widths", "16", "--initial", "10", "--budget", "5", "--rounds", "1", "--epochs", "2",
         "--batch-size", "16", "--candidates", "50", "--quiet"]

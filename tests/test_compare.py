@@ -6,8 +6,8 @@ import os
 import pytest
 
 from jaxal.cli import build_parser, compare_configs, main
-from jaxal.compare import compare, plan, run_grid, run_status
-from jaxal.evaluate import load_records
+from jaxal.experiment.grid import compare, plan, run_grid, run_status
+from jaxal.experiment.records import load_records
 
 TINY = ["--widths", "32", "--initial", "10", "--budget", "5", "--rounds", "2", "--epochs", "3",
         "--batch-size", "16", "--candidates", "40", "--quiet"]

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 import jaxal
-from jaxal import data, models, train
+from jaxal import data, models
 from jaxal.model import from_functions
 from jaxal.ntk import head_features
-from jaxal.spectral import feature_rtol, lambda_plus_min
+from jaxal.ops.spectral import feature_rtol, lambda_plus_min
 from jaxal.strategies.base import make_context
 from jaxal.strategies.crc import CRCTieWarning, crc, default_group_size, group_scores, random_groups
+from jaxal.training import train
 
 C = 3
 
@@ -137,7 +138,7 @@ def test_full_kernel_matches_brute_force_jacobian_ntk():
     rng = np.random.default_rng(4)
     x_l, x_pool = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((6, 4)).astype(np.float32)
     groups = np.array([[0, 1], [2, 3], [4, 5]])
-    s, info = group_scores(model, x_l, x_pool, groups, num_classes=C, kernel="full")
+    s, info = group_scores(model, x_l, x_pool, groups, num_classes=C, subset="all")
     assert info["method"] == "primal" and info["rank"] == 5  # n = 5 points < 43 parameters
     flat0, unravel = jax.flatten_util.ravel_pytree(model.params)
     for b, grp in enumerate(groups):
@@ -146,7 +147,7 @@ def test_full_kernel_matches_brute_force_jacobian_ntk():
         k = np.asarray(jnp.einsum("acp,bcp->ab", jac, jac), np.float64)
         np.testing.assert_allclose(float(s[b]), reference_score(k, info["rtol"], 5), rtol=2e-3)
     with pytest.raises(ValueError, match="dual"):
-        group_scores(model, x_l, x_pool, groups, num_classes=C, kernel="full", method="dual")
+        group_scores(model, x_l, x_pool, groups, num_classes=C, subset="all", method="dual")
 
 
 def test_proposition_2_degenerate_groups_score_zero():
@@ -194,8 +195,8 @@ def test_bad_options_raise():
         crc(key, ctx, 6, group_size=4)
     with pytest.raises(ValueError, match="group_size"):
         crc(key, ctx, 6, group_size=0)
-    with pytest.raises(ValueError, match="kernel"):
-        crc(key, ctx, 2, kernel="middle")
+    with pytest.raises(ValueError, match="subset"):
+        crc(key, ctx, 2, subset="middle")
     with pytest.raises(ValueError, match="together"):
         crc(key, ctx, 3, per_class=1)
     with pytest.raises(ValueError, match="per_class"):

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from jaxal import evaluate as ev
-from jaxal import metrics
-from jaxal.report import write_report
+from jaxal.experiment import records as ev
+from jaxal.experiment import stats as metrics
+from jaxal.experiment.report import write_report
 
 
 def records(label, seed, accs, initial=10, batch=5, sequential=False):
-    """Round records as jaxal.loop writes them (the fields the evaluation reads)."""
+    """Round records as jaxal.experiment.loop writes them (the fields the evaluation reads)."""
     return [
         {"round": r, "n_labeled": initial + r * batch, "test_accuracy": float(a), "strategy": label,
          "seed": seed, "dataset": "synthetic", "model": "mlp"}

@@ -8,8 +8,8 @@ import optax
 import pytest
 
 import jaxal
-from jaxal import frozen as F
-from jaxal.strategies.common import predict_logits
+from jaxal.model import predict_logits
+from jaxal.training import frozen as F
 
 
 def _data(n=12, d=4, c=3, seed=0):

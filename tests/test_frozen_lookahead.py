@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxal import frozen
 from jaxal.lookahead import Sequential
+from jaxal.training import frozen
 
 
 def _problem(seed=0, n_l=6, n_s=12, d=10, c=3):

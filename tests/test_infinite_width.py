@@ -13,7 +13,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxal import models
 from jaxal.lookahead import baselines, kernel_blocks
-from jaxal.lookahead.sequential import KERNELS
+from jaxal.lookahead.from_model import APPROXIMATIONS
 from jaxal.ntk import kernel as ntk_kernel
 
 
@@ -47,11 +47,11 @@ def test_standard_limit_matches_a_width_4096_flax_mlp_and_ntk_param_does_not():
     best_scale = np.sum(ntkp * emp) / np.sum(ntkp * ntkp)
     assert _rel(best_scale * ntkp, emp) > 2 * _rel(sp, emp)
     # kernel_blocks: "infinite" is the standard limit of this model, the NTK-param one is opt-in
-    assert "infinite" in KERNELS and "infinite_ntk_param" in KERNELS
-    k_ll, k_sl, k_ss = kernel_blocks(model, x[:5], x[5:], kernel="infinite")
+    assert "infinite" in APPROXIMATIONS and "infinite_ntk_param" in APPROXIMATIONS
+    k_ll, k_sl, k_ss = kernel_blocks(model, x[:5], x[5:], approximation="infinite")
     np.testing.assert_allclose(np.asarray(k_sl), sp[5:, :5], rtol=1e-5)
     np.testing.assert_allclose(np.asarray(k_ss), sp[5:, 5:], rtol=1e-5)
-    k_ll, _, _ = kernel_blocks(model, x[:5], x[5:], kernel="infinite_ntk_param")
+    k_ll, _, _ = kernel_blocks(model, x[:5], x[5:], approximation="infinite_ntk_param")
     np.testing.assert_allclose(np.asarray(k_ll), ntkp[:5, :5], rtol=1e-5)
     assert baselines.relu_ntk is baselines.relu_ntk_ntk_param
 
@@ -77,7 +77,7 @@ def test_infinite_kernel_rejects_a_mismatched_depth():
     x = jnp.ones((3, 4))
     model = models.as_model(module, module.init(jax.random.key(0), x))
     with pytest.raises(ValueError, match="depth"):
-        kernel_blocks(model, x[:1], x[1:], kernel="infinite", depth=3)
+        kernel_blocks(model, x[:1], x[1:], approximation="infinite", depth=3)
 
 
 # ----------------------------------------------------------------- one-step SGD

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxal import linalg
+from jaxal.ops import linalg
 
 
 def _spd(rng, n, rank=None):

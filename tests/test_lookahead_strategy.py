@@ -35,8 +35,8 @@ def test_select_mlmoc_topk_matches_core_scores_and_reports_info():
     [
         ("emoc", dict(batch="greedy", eval_size=8)),
         ("eer", dict(probability="simplex", subset="head")),
-        ("flip_rate", dict(kernel="infinite")),
-        ("mlmoc", dict(kernel="sgd")),
+        ("flip_rate", dict(approximation="infinite")),
+        ("mlmoc", dict(approximation="sgd")),
         ("mlmoc", dict(contraction="full", batch="greedy")),
     ],
 )
@@ -48,8 +48,8 @@ def test_options_give_distinct_valid_indices(name, options):
 
 def test_bad_options_name_the_argument():
     model, xl, yl, xu = _setup()
-    for opts, word in [(dict(batch="nope"), "batch"), (dict(kernel="nope"), "kernel"),
-                       (dict(kernel="sgd", batch="greedy"), "greedy"), (dict(eval_size=2), "eval_size")]:
+    for opts, word in [(dict(batch="nope"), "batch"), (dict(approximation="nope"), "approximation"),
+                       (dict(approximation="sgd", batch="greedy"), "greedy"), (dict(eval_size=2), "eval_size")]:
         with pytest.raises(ValueError, match=word):
             jaxal.select("mlmoc", jax.random.PRNGKey(0), model, x_labeled=xl, y_labeled=yl, x_pool=xu, budget=3,
                          **opts)
@@ -78,7 +78,7 @@ def test_sequential_strategy_asks_the_oracle_after_each_pick():
         return 0
 
     ctx = jaxal.strategies.base.make_context(model, x_labeled=xl, y_labeled=yl, x_pool=xu)
-    q = jaxal.strategies.get("mlmoc").sequential(jax.random.PRNGKey(0), ctx, 4, oracle)
+    q = jaxal.strategies.sequential_mode("mlmoc")(jax.random.PRNGKey(0), ctx, 4, oracle)
     assert asked == q.indices.tolist() and len(set(asked)) == 4 and q.info["labels"] == [0, 0, 0, 0]
 
 

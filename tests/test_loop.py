@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from jaxal import data
-from jaxal.checkpoint import CheckpointError
-from jaxal.loop import ExperimentConfig, RunExistsError, run
-from jaxal.strategies.base import Query, register
-from jaxal.strategies.common import predict_probs, top_k_indices
+from jaxal.experiment.checkpoint import CheckpointError
+from jaxal.experiment.loop import ExperimentConfig, RunExistsError, run
+from jaxal.model import predict_probs
+from jaxal.strategies.base import Query, register, top_k_indices
 from jaxal.strategies.uncertainty import entropy_scores
-from jaxal.train import TrainConfig
+from jaxal.training.train import TrainConfig
 
 DIGITS = data.load("digits", seed=3)  # the split of tiny()'s seed
 
@@ -47,8 +47,7 @@ def with_sequential(key, ctx, budget):
     return np.arange(budget)
 
 
-with_sequential.sequential = seq_query
-register("_test_loop_sequential")(with_sequential)
+register("_test_loop_sequential", sequential=seq_query)(with_sequential)
 
 
 def tiny(**overrides):

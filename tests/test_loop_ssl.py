@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from jaxal import ssl
-from jaxal.loop import ExperimentConfig, run
-from jaxal.train import TrainConfig
+from jaxal.experiment.loop import ExperimentConfig, run
+from jaxal.training import ssl
+from jaxal.training.train import TrainConfig
 
 
 def _config(**kw):

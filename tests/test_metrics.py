@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxal import metrics
+from jaxal.experiment import stats as metrics
 
 
 def test_aubc_by_hand():

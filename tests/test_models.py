@@ -8,7 +8,7 @@ from flax import nnx
 
 import jaxal
 from jaxal import models
-from jaxal.train import init_variables
+from jaxal.training.train import init_variables
 
 
 def _random_variables(module, x, seed=0):

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxal import loop, protocols
 from jaxal.cli import compare_configs, main, parse_arm
-from jaxal.loop import ExperimentConfig
-from jaxal.train import TrainConfig, init_variables, loss_fn, train
+from jaxal.experiment import loop, protocols
+from jaxal.experiment.loop import ExperimentConfig
+from jaxal.training.train import TrainConfig, init_variables, loss_fn, train
 
 TINY = ["run", "--widths", "16", "--initial", "10", "--budget", "5", "--rounds", "1", "--epochs", "2",
         "--batch-size", "16", "--quiet"]
@@ -126,7 +126,7 @@ def test_loop_retrains_in_inference_mode_after_round_zero(tmp_path, monkeypatch)
 
 def test_scale_head_scales_only_the_head_and_needs_one():
     from jaxal.models import create
-    from jaxal.train import scale_head
+    from jaxal.training.train import scale_head
 
     net = create("mlp", 3, input_shape=(4,), widths=(8,))
     v = init_variables(jax.random.key(0), net, np.zeros((1, 4), np.float32))
@@ -183,7 +183,7 @@ def test_arm_syntax_variants_and_sequential():
     assert (None, "mlmoc", False, None, 0) in labels and (None, "mlmoc", True, None, 1) in labels
     assert ("mlmoc[batch=greedy]", "mlmoc", False, "greedy", 1) in labels
     assert all(c.strategy_options.get("eval_size") == (100 if c.strategy == "mlmoc" else None) for c in configs)
-    from jaxal.compare import label_of
+    from jaxal.experiment.grid import label_of
 
     assert sorted({label_of(c) for c in configs}) == ["mlmoc", "mlmoc-seq", "mlmoc[batch=greedy]", "random"]
     dup = argparse.Namespace(**{**vars(args), "strategy": "mlmoc,mlmoc"})

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxal import augment as A
-from jaxal import ssl as S
 from jaxal.models import MLP
-from jaxal.train import TrainConfig, TrainResult, init_variables
+from jaxal.training import augment as A
+from jaxal.training import ssl as S
+from jaxal.training.train import TrainConfig, TrainResult, init_variables
 
 
 def test_ema_update_is_the_formula_on_a_pytree():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxal import data, models
-from jaxal.train import TrainConfig, epoch_batches, evaluate, init_variables, restart, train
+from jaxal.training.train import TrainConfig, epoch_batches, evaluate, init_variables, restart, train
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,13 @@ kernel; ``docs/lookahead.md`` has the maths and the correction to the paper's eq
 
 - :mod:`~jaxal.lookahead.core`: the maths on kernel matrices; a BlackJAX-style state
   machine ``init`` / ``add`` / ``best`` (plus ``scores``, ``greedy_batch``).
-- :mod:`~jaxal.lookahead.sequential`: from a model to a state; :class:`Sequential`.
+- :mod:`~jaxal.lookahead.from_model`: from a trained model to a state (``approximation``:
+  empirical NTK or an infinite-width kernel).
+- :mod:`~jaxal.lookahead.sequential`: :class:`Sequential`, the annotator in the loop.
 - :mod:`~jaxal.lookahead.baselines`: infinite-width ReLU NTK, one-step-SGD look-ahead.
 
 The strategies ``mlmoc``, ``emoc``, ``eer`` and ``flip_rate`` live in
-:mod:`jaxal.strategies.lookahead`.
+:mod:`jaxal.strategies.model_change` (the expected-model-change family).
 """
 
 from jaxal.lookahead.baselines import one_step_sgd_scores, relu_ntk  # noqa: F401
@@ -25,4 +27,5 @@ from jaxal.lookahead.core import (  # noqa: F401
     init,
     scores,
 )
-from jaxal.lookahead.sequential import Sequential, init_from_model, kernel_blocks  # noqa: F401
+from jaxal.lookahead.from_model import APPROXIMATIONS, init_from_model, kernel_blocks  # noqa: F401
+from jaxal.lookahead.sequential import Sequential  # noqa: F401

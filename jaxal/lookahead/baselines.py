@@ -208,7 +208,7 @@ def mlp_depth(model: Model) -> int:
 
 
 def _squared_loss(model: Model, params, x: Array, target: Array) -> tuple[Array, Array]:
-    # jaxal.train's squared loss for one example: ‖r‖² = Σ_c (f_c(x) − y_c)², and r.
+    # jaxal.training.train's squared loss for one example: ‖r‖² = Σ_c (f_c(x) − y_c)², and r.
     r = model.apply(params, x[None])[0] - target
     return jnp.sum(r * r), r
 

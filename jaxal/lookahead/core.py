@@ -45,7 +45,7 @@ negative where the change is ~0; it is clamped at 0 before the square root. EER 
 the flip rate need every ``f⁺(x)`` itself, and full blocks couple the logits, so those
 keep the direct path.
 
-Numerics: ``K_LL`` is factorised once by :func:`jaxal.linalg.stable_cholesky` (jitter
+Numerics: ``K_LL`` is factorised once by :func:`jaxal.ops.linalg.stable_cholesky` (jitter
 relative to ``mean(diag K_LL)``, reported). A candidate whose posterior variance is at
 or below ``variance_floor`` (``1000·eps·mean(diag K_SS)`` by default) is *clamped*:
 in float32 ``σ²`` of a candidate equal to a labeled point cancels to noise of either
@@ -78,7 +78,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxal.linalg import cho_solve, stable_cholesky, symmetrize
+from jaxal.ops.entropy import entropy
+from jaxal.ops.linalg import cho_solve, stable_cholesky, symmetrize
 from jaxal.validation import check_choice
 
 Array = jax.Array
@@ -207,11 +208,6 @@ def to_probabilities(outputs: Array, probability: str = "softmax") -> Array:
     raise ValueError(f"unknown probability {probability!r}; valid: {', '.join(PROBABILITY_MAPS)}")
 
 
-def _entropy(p: Array) -> Array:
-    safe = jnp.where(p > 0, p, 1.0)
-    return -jnp.sum(jnp.where(p > 0, p * jnp.log(safe), 0.0), axis=-1)
-
-
 # ------------------------------------------------------------------- objectives
 
 
@@ -249,7 +245,7 @@ def reduce_objective(
     if objective in ("mlmoc", "emoc"):
         per_label = jnp.sum(jnp.sqrt(jnp.sum(change * change, axis=-1)), axis=0)
     elif objective == "eer":
-        per_label = -jnp.mean(_entropy(to_probabilities(new_pred, probability)), axis=0)
+        per_label = -jnp.mean(entropy(to_probabilities(new_pred, probability)), axis=0)
     elif objective == "flip_rate":
         flips = jnp.argmax(new_pred, axis=-1) != jnp.argmax(ref, axis=-1)[:, None, None]
         per_label = jnp.mean(flips.astype(change.dtype), axis=0)

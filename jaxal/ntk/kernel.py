@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxal.model import Model
+from jaxal.model import Model, embed
 from jaxal.ntk import chunking, taps
 from jaxal.ntk.contract import CONTRACTIONS, output_map
 from jaxal.ntk.jacobian import jacobian_engine
@@ -195,8 +195,6 @@ def chosen_implementation(model: Model, x1: Any, *, contraction: str = "trace", 
 
 def head_features(model: Model, x: Any, batch_size: int = 4096) -> jax.Array:
     """``φ(x) = [h(x), 1]``: ``[n, d + 1]``; a Dense head's kernel is ``C · φ φ'^T`` (trace)."""
-    from jaxal.strategies.common import embed
-
     h = embed(model, x, batch_size)
     return jnp.concatenate([h, jnp.ones((h.shape[0], 1), h.dtype)], axis=1)
 

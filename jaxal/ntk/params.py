@@ -11,6 +11,8 @@ from typing import Any, Callable, NamedTuple, Union
 
 import jax
 
+from jaxal.ntk.engine import merge_leaves
+
 Subset = Union[str, Callable[[tuple, Any], bool]]
 
 SUBSETS = ("all", "head", "body")
@@ -35,8 +37,6 @@ class Split(NamedTuple):
 
     def merge(self, selected: list, fixed: list | None = None) -> Any:
         """The full params pytree from (possibly traced) selected leaves."""
-        from jaxal.ntk.engine import merge_leaves
-
         return merge_leaves(self.treedef, self.mask, selected, self.fixed if fixed is None else fixed)
 
 

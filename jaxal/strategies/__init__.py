@@ -1,18 +1,32 @@
 """Query strategies, each a pure function registered by name.
 
 Importing this package registers every built-in strategy; see :mod:`jaxal.strategies.base`
-for the protocol. Each family lives in its own module.
+for the protocol and the registry. One module per family:
+
+- :mod:`~jaxal.strategies.uncertainty`: ``random``, ``least_confidence``, ``margin``, ``entropy``
+- :mod:`~jaxal.strategies.bald`: ``bald`` (MC dropout or an ensemble)
+- :mod:`~jaxal.strategies.egl`: ``egl`` (expected gradient length)
+- :mod:`~jaxal.strategies.coreset`: ``coreset`` (k-center greedy)
+- :mod:`~jaxal.strategies.typiclust`: ``typiclust``
+- :mod:`~jaxal.strategies.badge`: ``badge``
+- :mod:`~jaxal.strategies.crc`: ``crc`` (convergence-rate control)
+- :mod:`~jaxal.strategies.model_change`: ``mlmoc``, ``emoc``, ``eer``, ``flip_rate`` (NTK look-ahead)
+- :mod:`~jaxal.strategies.albl`: ``albl`` (a bandit over the others)
 """
 
-from jaxal.strategies.base import Context, Query, get, names, register, select  # noqa: F401
-
-# Each module below registers its strategies on import. Keep one line per family.
-from jaxal.strategies import uncertainty  # noqa: F401,E402
-from jaxal.strategies import crc  # noqa: F401,E402
-from jaxal.strategies import badge  # noqa: F401,E402
-from jaxal.strategies import coreset  # noqa: F401,E402
-from jaxal.strategies import typiclust  # noqa: F401,E402
-from jaxal.strategies import bald  # noqa: F401,E402
-from jaxal.strategies import egl  # noqa: F401,E402
-from jaxal.strategies import albl  # noqa: F401,E402
-from jaxal.strategies import lookahead  # noqa: F401,E402
+from jaxal.strategies import albl, badge, bald, coreset, crc, egl, model_change, typiclust, uncertainty  # noqa: F401
+from jaxal.strategies.base import (  # noqa: F401
+    Context,
+    Entry,
+    Query,
+    check_options,
+    entry,
+    get,
+    names,
+    option_names,
+    register,
+    select,
+    sequential_mode,
+    sequential_names,
+    top_k_indices,
+)

@@ -38,8 +38,8 @@ from typing import NamedTuple, Sequence
 import jax
 import numpy as np
 
+from jaxal.model import predict_logits
 from jaxal.strategies.base import Context, Query, get, register
-from jaxal.strategies.common import predict_logits
 
 __all__ = ["ALBLState", "exp4p_update", "iw_accuracy", "albl"]
 

@@ -8,7 +8,7 @@ g_x = ∂/∂θ_head CE(f(x), ŷ_x) with ŷ_x = argmax_c p_c(x). For a Dense hea
 
 so the fast path keeps only the factors a = p − e_ŷ ``[N, C]`` and h ``[N, d]`` and
 computes ‖g_x − g_c‖² = ‖a_x‖²‖h̃_x‖² + ‖a_c‖²‖h̃_c‖² − 2(a_x·a_c)(h̃_x·h̃_c)
-(:mod:`jaxal.strategies.kmeanspp`): memory O(N·(C + d)). Any other head takes the
+(:mod:`jaxal.ops.kmeanspp`): memory O(N·(C + d)). Any other head takes the
 general path: per-example ``jax.grad`` of the head parameters, vmapped in chunks, then
 k-means++ on the materialised ``[N, P]`` embeddings.
 """
@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jaxal.model import batched, embed
+from jaxal.ops.kmeanspp import kmeanspp, kmeanspp_factored
 from jaxal.strategies.base import Context, Query, register
-from jaxal.strategies.common import batched, embed
-from jaxal.strategies.kmeanspp import kmeanspp, kmeanspp_factored
 from jaxal.validation import check_finite
 
 __all__ = ["badge_factors", "gradient_embedding", "badge"]

@@ -18,19 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxal.strategies.base import Context, register
-from jaxal.strategies.common import top_k_indices
+from jaxal.ops.entropy import entropy
+from jaxal.strategies.base import Context, register, top_k_indices
 
 __all__ = ["bald_from_probs", "bald_scores", "bald"]
 
 
-def _entropy(p: jax.Array) -> jax.Array:
-    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
-
-
 def bald_from_probs(probs: jax.Array) -> jax.Array:
     """BALD scores ``[n]`` from sampled probabilities ``[T, n, C]``."""
-    return _entropy(jnp.mean(probs, axis=0)) - jnp.mean(_entropy(probs), axis=0)
+    return entropy(jnp.mean(probs, axis=0)) - jnp.mean(entropy(probs), axis=0)
 
 
 @partial(jax.jit, static_argnames=("mode",))
@@ -42,13 +38,13 @@ def _accumulate(model, xs_per_sample, x, mode):
 
     def step(carry, s):
         p = jax.nn.softmax(apply(s, x).astype(jnp.float32), axis=-1)
-        return (carry[0] + p, carry[1] + _entropy(p)), None
+        return (carry[0] + p, carry[1] + entropy(p)), None
 
     n_samples = jax.tree_util.tree_leaves(xs_per_sample)[0].shape[0]
     logits_shape = jax.eval_shape(lambda s: apply(s, x), jax.tree_util.tree_map(lambda v: v[0], xs_per_sample))
     init = (jnp.zeros(logits_shape.shape, jnp.float32), jnp.zeros(x.shape[0], jnp.float32))
     (sp, sh), _ = jax.lax.scan(step, init, xs_per_sample)
-    return _entropy(sp / n_samples) - sh / n_samples
+    return entropy(sp / n_samples) - sh / n_samples
 
 
 def bald_scores(

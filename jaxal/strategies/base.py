@@ -7,16 +7,22 @@ A strategy is one pure function::
 returning ``budget`` distinct indices into ``ctx.x_pool``. Strategies never train.
 Stateful strategies (ALBL's bandit) read ``ctx.state`` and return a :class:`Query`
 carrying the new state; the loop stores it and hands it back next round.
+
+The registry maps a name to an :class:`Entry`: the function, its optional sequential
+(oracle-in-the-loop) twin, and the options it accepts. A new strategy is one function
+and ``@register("name")``; a score-ranked one returns ``top_k_indices(scores, budget, key)``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol
+import inspect
+from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 import jax
 import numpy as np
 
-from jaxal.model import Model, num_classes as _num_classes
+from jaxal.model import Model
+from jaxal.model import num_classes as _num_classes
 from jaxal.validation import (
     check_budget,
     check_choice,
@@ -26,7 +32,8 @@ from jaxal.validation import (
     check_same_length,
 )
 
-__all__ = ["Context", "Query", "Strategy", "register", "get", "names", "select", "make_context"]
+__all__ = ["Context", "Query", "Strategy", "Entry", "register", "get", "entry", "names", "sequential_mode",
+           "sequential_names", "option_names", "check_options", "select", "make_context", "as_query", "top_k_indices"]
 
 
 class Context(NamedTuple):
@@ -70,37 +77,108 @@ class Strategy(Protocol):
     def __call__(self, key: jax.Array, ctx: Context, budget: int, **options: Any) -> Any: ...
 
 
-_REGISTRY: dict[str, Strategy] = {}
+class Entry(NamedTuple):
+    """A registered strategy and what it can do.
+
+    Attributes:
+      name: the registry name.
+      fn: the batch strategy ``fn(key, ctx, budget, **options)``.
+      sequential: its oracle-in-the-loop twin ``(key, ctx, budget, oracle, **options)``,
+        or ``None`` when it has none.
+      options: the option names it accepts, or ``None`` for "read its signature".
+    """
+
+    name: str
+    fn: Strategy
+    sequential: Callable[..., Any] | None
+    options: tuple[str, ...] | None
 
 
-def register(name: str) -> Callable[[Strategy], Strategy]:
-    """Decorator registering a strategy function under ``name``."""
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, *, sequential: Callable[..., Any] | None = None,
+             options: Any = None) -> Callable[[Strategy], Strategy]:
+    """Decorator registering a strategy function under ``name``.
+
+    Args:
+      name: the name users select it by (``jaxal run --strategy NAME``).
+      sequential: optional twin ``(key, ctx, budget, oracle, **options) -> Query`` that
+        asks ``oracle(pool_row)`` for each true label before the next pick (used by
+        ``--sequential`` / ``NAME-seq``).
+      options: when the strategy takes ``**options``, the names it accepts (a sequence,
+        or a NamedTuple class whose fields are the names), so configurations are
+        checked before any training.
+
+    A strategy defined outside jaxal registers the same way; it is then available to
+    :func:`select`, ``jaxal run --strategy`` (with ``--import MODULE``) and the grid.
+    """
+    names = tuple(getattr(options, "_fields", options)) if options is not None else None
 
     def deco(fn: Strategy) -> Strategy:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"strategy {name!r} is already registered")
-        _REGISTRY[name] = fn
+        _REGISTRY[name] = Entry(name, fn, sequential, names)
         return fn
 
     return deco
 
 
-def _ensure_loaded() -> None:
-    # Importing the package registers every built-in strategy.
-    import jaxal.strategies  # noqa: F401
-
-
 def names() -> list[str]:
     """Sorted names of every registered strategy."""
-    _ensure_loaded()
     return sorted(_REGISTRY)
+
+
+def entry(name: str) -> Entry:
+    """The registry :class:`Entry` of ``name`` (``ValueError`` listing valid names)."""
+    check_choice("strategy", name, _REGISTRY)
+    return _REGISTRY[name]
 
 
 def get(name: str) -> Strategy:
     """The strategy registered as ``name`` (``ValueError`` listing valid names)."""
-    _ensure_loaded()
-    check_choice("strategy", name, _REGISTRY)
-    return _REGISTRY[name]
+    return entry(name).fn
+
+
+def sequential_mode(name: str) -> Callable[..., Any] | None:
+    """The sequential (oracle-in-the-loop) twin of strategy ``name``, or ``None``."""
+    return entry(name).sequential
+
+
+def sequential_names() -> list[str]:
+    """Names of registered strategies that have a sequential mode."""
+    return [n for n in names() if _REGISTRY[n].sequential is not None]
+
+
+def option_names(name: str, sequential: bool = False) -> tuple[str, ...] | None:
+    """The options strategy ``name`` accepts (``None``: any, it takes ``**options``)."""
+    e = entry(name)
+    if e.options is not None:
+        return e.options
+    fn = e.sequential if sequential and e.sequential is not None else e.fn
+    params = list(inspect.signature(fn).parameters.values())[3 + int(sequential):]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                      inspect.Parameter.POSITIONAL_OR_KEYWORD))
+
+
+def check_options(name: str, options: Mapping[str, Any], sequential: bool = False) -> None:
+    """Raise ``ValueError`` when ``options`` holds a name strategy ``name`` does not take.
+
+    Checked before any training, so a typo fails in a second, not after round 0.
+    """
+    if sequential and entry(name).sequential is None:
+        raise ValueError(
+            f"strategy {name!r} has no sequential mode; strategies that have one: "
+            f"{', '.join(sequential_names()) or 'none'}"
+        )
+    valid = option_names(name, sequential)
+    unknown = sorted(set(options) - set(valid)) if valid is not None else []
+    if unknown:
+        raise ValueError(
+            f"strategy {name!r} takes no option {', '.join(unknown)}; its options: {', '.join(valid) or 'none'}"
+        )
 
 
 def make_context(
@@ -169,3 +247,14 @@ def select(
     budget = check_budget(budget, int(np.shape(x_pool)[0]))
     q = as_query(fn(key, ctx, budget, **options), budget, int(np.shape(x_pool)[0]), getattr(fn, "__name__", "strategy"))
     return q if return_query else q.indices
+
+
+def top_k_indices(scores: Any, k: int, key: jax.Array | None = None) -> np.ndarray:
+    """Indices of the ``k`` largest scores; exact ties broken uniformly at random."""
+    s = np.asarray(scores, dtype=np.float64)
+    if key is None:
+        order = np.argsort(-s, kind="stable")
+    else:
+        tie = np.asarray(jax.random.uniform(key, s.shape))
+        order = np.lexsort((tie, -s))
+    return order[:k].astype(np.int64)

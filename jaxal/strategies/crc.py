@@ -15,9 +15,9 @@ What "λ⁺_min" means for a group. A trained network's features are low-rank in
 practice (dead units, a decaying spectrum), so the Gram over ``L ∪ g`` is singular once
 ``|L|+G`` exceeds the features' rank, and that rank is reached by every group at a
 different point. Each group's rank is therefore counted on its own spectrum (zero
-rule: :mod:`jaxal.spectral`), and with ``spectrum="generic"`` (default) every group is
+rule: :mod:`jaxal.ops.spectral`), and with ``spectrum="generic"`` (default) every group is
 scored by its ``k``-th largest eigenvalue, ``k`` the largest rank that at least ``Q/G``
-groups reach (:func:`jaxal.spectral.shared_rank`):
+groups reach (:func:`jaxal.ops.spectral.shared_rank`):
 
 - while ``|L|+G`` is below the features' rank, a group in general position reaches
   ``k = |L|+G`` and a group holding a duplicate or an already-labeled point loses one
@@ -33,10 +33,12 @@ per-group rank range, how many groups score 0 or tie at the top, and a
 :class:`CRCTieWarning` is emitted whenever a random tie-break decides part of the
 query.
 
-Kernels: ``kernel="last"`` (default, the paper's better variant) uses the head's
-parameters only; for a Dense head ``Θ_cc'(x, x') = (h·h' + 1) δ_cc'``, so
-``K = C·ΦΦᵀ`` with ``φ(x) = [h(x), 1]`` and no NTK engine is needed. ``kernel="full"``
-(all parameters; also ``"last"`` for a non-dense head) calls :func:`jaxal.ntk.kernel`.
+Parameter subsets (option ``subset``, the word :func:`jaxal.ntk.kernel` uses):
+``subset="head"`` (default, the paper's better "last-layer" variant) differentiates the
+head's parameters only; for a Dense head ``Θ_cc'(x, x') = (h·h' + 1) δ_cc'``, so
+``K = C·ΦΦᵀ`` with ``φ(x) = [h(x), 1]`` and no NTK engine is needed. ``subset="all"``
+(every parameter; also ``"head"`` for a non-dense head) calls :func:`jaxal.ntk.kernel`.
+The 0.1 option ``kernel="last"|"full"`` is still accepted, with a warning.
 
 Dual trick (Dense head): the nonzero spectrum of ``C·ΦΦᵀ`` (``n×n``, ``n = |L|+G``)
 equals that of ``C·ΦᵀΦ`` (``(d+1)×(d+1)``), and ``ΦᵀΦ = Φ_LᵀΦ_L + Φ_gᵀΦ_g`` — a
@@ -65,9 +67,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxal.model import Model
+from jaxal.model import Model, embed
 from jaxal.ntk import kernel as ntk_kernel
-from jaxal.spectral import (
+from jaxal.ops.spectral import (
     SPECTRA,
     bordered_spectra,
     default_rtol,
@@ -77,18 +79,29 @@ from jaxal.spectral import (
     ranks,
     scores_from_spectra,
 )
-from jaxal.strategies.base import Context, Query, register
-from jaxal.strategies.common import embed, top_k_indices
+from jaxal.strategies.base import Context, Query, register, top_k_indices
 from jaxal.validation import check_choice
 
 __all__ = ["crc", "group_scores", "default_group_size", "random_groups", "class_balanced_groups", "CRCTieWarning"]
 
-KERNELS = ("last", "full")
+SUBSETS = ("head", "all")
+_KERNEL_TO_SUBSET = {"last": "head", "full": "all"}  # the 0.1 option names
 METHODS = ("auto", "dual", "primal")
 
 
 class CRCTieWarning(UserWarning):
     """CRC's pick was decided in part by a random tie-break between equal scores."""
+
+
+def _subset(subset: str, kernel: str | None) -> str:
+    """The checked parameter subset; the 0.1 option ``kernel="last"|"full"`` maps with a warning."""
+    if kernel is not None:
+        check_choice("kernel", kernel, _KERNEL_TO_SUBSET)
+        warnings.warn(f"crc option kernel={kernel!r} is now subset={_KERNEL_TO_SUBSET[kernel]!r} "
+                      "(kernel= goes in 0.3)", DeprecationWarning, stacklevel=3)
+        subset = _KERNEL_TO_SUBSET[kernel]
+    check_choice("subset", subset, SUBSETS)
+    return subset
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -179,6 +192,33 @@ def _ntk_blocks(model, x_labeled, x_groups, groups_shape, subset, chunk_points=2
     return k_ll, k_lg, np.concatenate(blocks, axis=0), dt
 
 
+def _feature_spectra(model, x_labeled, x_groups, groups_shape, scale, method, rtol, memory_bytes, batch_size):
+    """Every group's spectrum of the Dense-head kernel ``C·ΦΦᵀ`` over ``L ∪ g``, from features.
+
+    Returns ``(spectra [B, ·], gram_L, rtol, rtol_L, used_dual)``; the dual side
+    ``C·ΦᵀΦ`` ((d+1)×(d+1)) is solved when it is the smaller (``method="auto"``).
+    """
+    num, g = groups_shape
+    n_l = int(np.shape(x_labeled)[0])
+    n = n_l + g
+    # φ = [h, 1] of L and of every group's points, from one forward pass
+    h = np.asarray(embed(model, _concat(x_labeled, x_groups) if n_l else x_groups, batch_size))
+    phi = np.concatenate([h.astype(np.float64), np.ones((h.shape[0], 1))], axis=1)
+    p = int(phi.shape[1])
+    phi_l, phi_g = phi[:n_l], phi[n_l:].reshape(num, g, p)
+    tol = feature_rtol(h.dtype, n, p) if rtol is None else float(rtol)
+    tol_l = feature_rtol(h.dtype, n_l, p) if rtol is None else float(rtol)
+    use_dual = method == "dual" or (method == "auto" and p < n)
+    if use_dual:
+        spectra = dual_spectra(phi_l.T @ phi_l, phi_g, scale=scale, memory_bytes=memory_bytes)
+    else:
+        k_lg = scale * np.einsum("lp,bgp->blg", phi_l, phi_g)
+        k_gg = scale * np.einsum("bgp,bhp->bgh", phi_g, phi_g)
+        spectra = bordered_spectra(scale * (phi_l @ phi_l.T), k_lg, k_gg, memory_bytes=memory_bytes)
+    gram_l = scale * (phi_l.T @ phi_l if p < n_l else phi_l @ phi_l.T)
+    return spectra, gram_l, tol, tol_l, use_dual
+
+
 def group_scores(
     model: Model,
     x_labeled: Any,
@@ -186,8 +226,9 @@ def group_scores(
     groups: Any,
     *,
     num_classes: int,
-    kernel: str = "last",
+    subset: str = "head",
     method: str = "auto",
+    kernel: str | None = None,
     spectrum: str = "generic",
     num_selected: int = 1,
     rtol: float | None = None,
@@ -199,7 +240,7 @@ def group_scores(
     trace-NTK Gram over ``L ∪ g``.
 
     Each group's Gram is diagonalised in float64 and its numerical rank counted with
-    the zero rule of :mod:`jaxal.spectral`. ``spectrum="generic"`` scores every group
+    the zero rule of :mod:`jaxal.ops.spectral`. ``spectrum="generic"`` scores every group
     by its ``k``-th largest eigenvalue, ``k`` the largest rank reached by at least
     ``num_selected`` groups (a group of lower rank scores 0); ``"positive"`` by each
     group's own smallest significant eigenvalue.
@@ -210,21 +251,22 @@ def group_scores(
       x_pool: ``[U, ...]`` candidates.
       groups: ``[B, G]`` int indices into ``x_pool``.
       num_classes: ``C`` (the trace kernel of a Dense head is ``C·(h·h' + 1)``).
-      kernel: ``"last"`` (head parameters) or ``"full"`` (all parameters).
+      subset: ``"head"`` (head parameters) or ``"all"`` (every parameter).
       method: ``"dual"`` (``(d+1)``-sized eigenproblems; Dense head and ``"last"`` only),
         ``"primal"`` (``(|L|+G)``-sized), ``"auto"`` (the smaller).
       spectrum: ``"generic"`` or ``"positive"`` (see above).
       num_selected: how many groups the caller keeps (sets ``k``, see
-        :func:`jaxal.spectral.shared_rank`).
+        :func:`jaxal.ops.spectral.shared_rank`).
       rtol: eigenvalues ``≤ rtol·λ_max`` are zero. Default: for a Dense head's
         last-layer kernel (features ``Φ`` in dtype ``t``, Gram formed in float64)
-        :func:`~jaxal.spectral.feature_rtol` ``(t, |L|+G, d+1)``; for kernels from
-        :func:`jaxal.ntk.kernel` (formed in ``t``) :func:`~jaxal.spectral.default_rtol`
+        :func:`~jaxal.ops.spectral.feature_rtol` ``(t, |L|+G, d+1)``; for kernels from
+        :func:`jaxal.ntk.kernel` (formed in ``t``) :func:`~jaxal.ops.spectral.default_rtol`
         ``(t, |L|+G)``.
       dtype: evaluate the network in this dtype (its floating parameters and the inputs
         are cast; e.g. ``jnp.float64`` inside ``jax.enable_x64``); default as it is.
       memory_bytes: bound on the working memory of one stack of eigenproblems.
       batch_size: rows per forward pass when embedding.
+      kernel: the 0.1 name of ``subset`` (``"last"`` / ``"full"``); deprecated.
 
     Returns:
       ``(scores [B] float64, info)``; ``info`` has ``method``, ``rtol``, ``rank`` (the
@@ -233,7 +275,7 @@ def group_scores(
       ``labeled_score`` (rank and smallest significant eigenvalue of ``K_LL``; 0 when
       ``L`` is empty).
     """
-    check_choice("kernel", kernel, KERNELS)
+    subset = _subset(subset, kernel)
     check_choice("method", method, METHODS)
     check_choice("spectrum", spectrum, SPECTRA)
     num_selected = _check_positive_int("num_selected", num_selected)
@@ -246,31 +288,14 @@ def group_scores(
     if dtype is not None:
         model, x_labeled, x_pool = _cast(model, x_labeled, x_pool, dtype)
     x_groups = _take(x_pool, groups.reshape(-1))
-    dense_last = kernel == "last" and model.dense_head
+    dense_last = subset == "head" and model.dense_head
     if method == "dual" and not dense_last:
-        raise ValueError("method='dual' needs kernel='last' and a Dense head (model.dense_head)")
-    scale = float(num_classes)
-
+        raise ValueError("method='dual' needs subset='head' and a Dense head (model.dense_head)")
     if dense_last:
-        # φ = [h, 1] of L and of every group's points, from one forward pass
-        h = np.asarray(embed(model, _concat(x_labeled, x_groups) if n_l else x_groups, batch_size))
-        feat_dtype = h.dtype
-        phi = np.concatenate([h.astype(np.float64), np.ones((h.shape[0], 1))], axis=1)
-        p = int(phi.shape[1])
-        phi_l, phi_g = phi[:n_l], phi[n_l:].reshape(num, g, p)
-        tol = feature_rtol(feat_dtype, n, p) if rtol is None else float(rtol)
-        tol_l = feature_rtol(feat_dtype, n_l, p) if rtol is None else float(rtol)
-        use_dual = method == "dual" or (method == "auto" and p < n)
-        if use_dual:
-            spectra = dual_spectra(phi_l.T @ phi_l, phi_g, scale=scale, memory_bytes=memory_bytes)
-        else:
-            k_lg = scale * np.einsum("lp,bgp->blg", phi_l, phi_g)
-            k_gg = scale * np.einsum("bgp,bhp->bgh", phi_g, phi_g)
-            spectra = bordered_spectra(scale * (phi_l @ phi_l.T), k_lg, k_gg, memory_bytes=memory_bytes)
-        gram_l = scale * (phi_l.T @ phi_l if p < n_l else phi_l @ phi_l.T)
+        spectra, gram_l, tol, tol_l, use_dual = _feature_spectra(
+            model, x_labeled, x_groups, (num, g), float(num_classes), method, rtol, memory_bytes, batch_size)
     else:
         use_dual = False
-        subset = "head" if kernel == "last" else "all"
         k_ll, k_lg, k_gg, k_dtype = _ntk_blocks(model, x_labeled, x_groups, (num, g), subset)
         tol = default_rtol(k_dtype, n) if rtol is None else float(rtol)
         tol_l = default_rtol(k_dtype, n_l) if rtol is None else float(rtol)
@@ -328,7 +353,7 @@ def crc(
     budget: int,
     *,
     group_size: int | None = None,
-    kernel: str = "last",
+    subset: str = "head",
     method: str = "auto",
     spectrum: str = "generic",
     rtol: float | None = None,
@@ -338,6 +363,7 @@ def crc(
     dtype: Any = None,
     memory_bytes: int | None = None,
     batch_size: int = 4096,
+    kernel: str | None = None,
 ) -> Query:
     """CRC (Algorithm 1): the ``budget/G`` random groups with the largest scores.
 
@@ -347,8 +373,9 @@ def crc(
       budget: query size ``Q``.
       group_size: ``G``; must divide ``budget``. Default :func:`default_group_size`
         (``Q/2`` for an even ``Q``).
-      kernel, method, spectrum, rtol, dtype, memory_bytes, batch_size: see
-        :func:`group_scores` (``num_selected = Q/G``).
+      subset, method, spectrum, rtol, dtype, memory_bytes, batch_size: see
+        :func:`group_scores` (``num_selected = Q/G``); ``kernel``: the deprecated 0.1
+        name of ``subset``.
       max_groups: score at most this many random groups (a random pool subset).
       pool_labels: ``[U]`` TRUE pool labels — pseudo-AL experiments only (uses the
         oracle's labels; an upper bound, not active learning). Needs ``per_class``.
@@ -360,9 +387,10 @@ def crc(
       shared rank ``rank`` and the per-group range ``rank_min``/``rank_max``,
       ``top_ties`` (groups sharing the top score), ``zero_groups``, ``tie_break`` (a
       random tie-break decided part of the pick; a :class:`CRCTieWarning` is then
-      emitted), ``labeled_rank``/``labeled_score``, ``method``, ``kernel``, ``rtol``.
+      emitted), ``labeled_rank``/``labeled_score``, ``method``, ``subset``, ``rtol``.
     """
     n_pool = int(np.shape(ctx.x_pool)[0])
+    subset = _subset(subset, kernel)
     if max_groups is not None:
         max_groups = _check_positive_int("max_groups", max_groups)
     k_part, k_tie = jax.random.split(key)
@@ -398,7 +426,7 @@ def crc(
         ctx.x_pool,
         groups,
         num_classes=ctx.num_classes,
-        kernel=kernel,
+        subset=subset,
         method=method,
         spectrum=spectrum,
         num_selected=wanted,
@@ -411,7 +439,7 @@ def crc(
     top_ties, decided = _tie_report(scores, best)
     num = int(groups.shape[0])
     info.update(
-        kernel=kernel,
+        subset=subset,
         spectrum=spectrum,
         group_size=g,
         num_groups=num,
@@ -431,7 +459,7 @@ def crc(
             f"crc: {what}, so a random tie-break chose part of the query ({info['zero_groups']} of {num} groups "
             f"score 0; rank k={info['rank']}, per-group ranks {info['rank_min']}-{info['rank_max']}, "
             f"rtol={info['rtol']:.2g}). The groups' spectra do not separate them: duplicated or already-labeled "
-            "candidates, or collapsed features. Try a smaller group_size, kernel='full', spectrum='positive', "
+            "candidates, or collapsed features. Try a smaller group_size, subset='all', spectrum='positive', "
             "or a float64 evaluation (dtype=jnp.float64 inside jax.enable_x64).",
             CRCTieWarning,
             stacklevel=2,

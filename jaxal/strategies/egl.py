@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxal.strategies.base import Context, register
-from jaxal.strategies.common import batched, embed, top_k_indices
+from jaxal.model import batched, embed
+from jaxal.strategies.base import Context, register, top_k_indices
 
 __all__ = ["egl_scores", "egl"]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from jaxal.model import embed
 from jaxal.strategies.base import Context, register
-from jaxal.strategies.common import embed
 from jaxal.validation import check_budget, check_finite
 
 __all__ = ["typicality", "typiclust_select", "typiclust"]

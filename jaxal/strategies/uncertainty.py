@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxal.strategies.base import Context, register
-from jaxal.strategies.common import predict_probs, top_k_indices
+from jaxal.model import predict_probs
+from jaxal.ops.entropy import entropy as entropy_of
+from jaxal.strategies.base import Context, register, top_k_indices
 
 
 @register("random")
@@ -30,18 +31,22 @@ def margin_scores(probs: jax.Array) -> jax.Array:
 
 def entropy_scores(probs: jax.Array) -> jax.Array:
     """Predictive entropy ``-sum_c p_c log p_c`` (0 log 0 = 0)."""
-    return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), axis=-1)
+    return entropy_of(probs)
 
 
-def _by_score(score_fn):
-    def strategy(key: jax.Array, ctx: Context, budget: int, batch_size: int = 4096) -> np.ndarray:
-        probs = predict_probs(ctx.model, ctx.x_pool, batch_size=batch_size)
-        return top_k_indices(score_fn(probs), budget, key)
-
-    strategy.__doc__ = f"Top-``budget`` pool points by {score_fn.__name__} (ties broken at random)."
-    return strategy
+@register("least_confidence")
+def least_confidence(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
+    """Top-``budget`` pool points by ``1 - max_c p_c`` (ties broken at random)."""
+    return top_k_indices(least_confidence_scores(predict_probs(ctx.model, ctx.x_pool, batch_size)), budget, key)
 
 
-least_confidence = register("least_confidence")(_by_score(least_confidence_scores))
-margin = register("margin")(_by_score(margin_scores))
-entropy = register("entropy")(_by_score(entropy_scores))
+@register("margin")
+def margin(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
+    """Top-``budget`` pool points by the smallest gap between the two likeliest classes."""
+    return top_k_indices(margin_scores(predict_probs(ctx.model, ctx.x_pool, batch_size)), budget, key)
+
+
+@register("entropy")
+def entropy(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
+    """Top-``budget`` pool points by predictive entropy (ties broken at random)."""
+    return top_k_indices(entropy_scores(predict_probs(ctx.model, ctx.x_pool, batch_size)), budget, key)

@@ -1,0 +1,101 @@
+"""The bridge from a trained :class:`~jaxal.model.Model` to a look-ahead state.
+
+:func:`init_from_model` computes the network outputs and the kernel blocks on
+``L ∪ S`` (one kernel call) and hands them to :func:`jaxal.lookahead.core.init`.
+The kernel is chosen by ``approximation``: the trained network's empirical NTK, or an
+infinite-width ReLU NTK (:mod:`jaxal.lookahead.baselines`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxal.lookahead import core
+from jaxal.lookahead.baselines import mlp_depth, mlp_input_dim, mlp_widths, relu_ntk_ntk_param, relu_ntk_standard
+from jaxal.model import Model, predict_logits
+from jaxal.ntk import kernel as ntk_kernel
+from jaxal.validation import check_choice
+
+__all__ = ["APPROXIMATIONS", "CONTRACTIONS", "kernel_blocks", "init_from_model"]
+
+
+#: The look-ahead kernel. ``empirical``: the trained network's NTK; ``infinite``: the infinite-width limit of the
+#: same (standard-parametrised Flax) MLP at initialisation; ``infinite_ntk_param``: the
+#: infinite-width limit in the NTK parametrisation (a different kernel; a contrast).
+APPROXIMATIONS = ("empirical", "infinite", "infinite_ntk_param")
+CONTRACTIONS = ("single_logit", "sum_logits", "trace", "full")
+
+
+def kernel_blocks(
+    model: Model,
+    x_labeled: Any,
+    x_eval: Any,
+    *,
+    approximation: str = "empirical",
+    contraction: str = "single_logit",
+    subset: Any = "all",
+    depth: int | None = None,
+    memory_bytes: int | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(K_LL, K_SL, K_SS)`` from one kernel call on ``[x_labeled; x_eval]``.
+
+    ``approximation="empirical"``: :func:`jaxal.ntk.kernel` with ``contraction`` and ``subset``
+    (scalar ``[n1, n2]`` or, for ``"full"``, ``[n1, n2, C, C]``).
+    ``approximation="infinite"``: :func:`~jaxal.lookahead.baselines.relu_ntk_standard`, the
+    infinite-width NTK of the model's own architecture (a ReLU MLP in Flax's standard
+    parametrisation, widths read from its Dense kernels; ``depth`` must be ``None`` or
+    the model's depth). ``approximation="infinite_ntk_param"``:
+    :func:`~jaxal.lookahead.baselines.relu_ntk_ntk_param` with the model's number of
+    hidden layers (or ``depth``). Both scalar, used ``⊗ I_C``.
+    """
+    check_choice("approximation", approximation, APPROXIMATIONS)
+    check_choice("contraction", contraction, CONTRACTIONS)
+    n_l = int(np.shape(x_labeled)[0])
+    x = jnp.concatenate([jnp.asarray(x_labeled, jnp.asarray(x_eval).dtype), jnp.asarray(x_eval)], axis=0)
+    if approximation == "empirical":
+            k = ntk_kernel(model, x, contraction=contraction, subset=subset, memory_bytes=memory_bytes)
+    elif approximation == "infinite":
+        widths = mlp_widths(model)
+        if depth is not None and depth != len(widths):
+            raise ValueError(f"approximation='infinite' reads the depth from the model ({len(widths)} hidden layers); "
+                             f"depth={depth} applies to approximation='infinite_ntk_param'")
+        d = int(np.prod(x.shape[1:]))
+        if mlp_input_dim(model) != d:
+            raise ValueError(f"the model's first Dense layer takes {mlp_input_dim(model)} inputs, x has {d}")
+        k = relu_ntk_standard(x, widths=widths)
+    else:
+        k = relu_ntk_ntk_param(x, depth=depth if depth is not None else mlp_depth(model))
+    return k[:n_l, :n_l], k[n_l:, :n_l], k[n_l:, n_l:]
+
+
+
+def init_from_model(
+    model: Model,
+    x_labeled: Any,
+    y_labeled: Any,
+    x_eval: Any,
+    *,
+    approximation: str = "empirical",
+    contraction: str = "single_logit",
+    subset: Any = "all",
+    depth: int | None = None,
+    jitter: float | None = None,
+    variance_floor: float | None = None,
+    memory_bytes: int | None = None,
+) -> tuple[core.LookaheadState, core.LookaheadInfo]:
+    """Look-ahead state on ``x_eval`` (``[S, ...]``) for a trained model and its labeled set."""
+    blocks = kernel_blocks(
+        model, x_labeled, x_eval, approximation=approximation, contraction=contraction, subset=subset, depth=depth,
+        memory_bytes=memory_bytes,
+    )
+    f_eval = predict_logits(model, x_eval)
+    f_lab = predict_logits(model, x_labeled) if np.shape(x_labeled)[0] else f_eval[:0]
+    dtype = blocks[0].dtype
+    return core.init(
+        *blocks, f_lab.astype(dtype), f_eval.astype(dtype), jnp.asarray(y_labeled, jnp.int32),
+        jitter=jitter, variance_floor=variance_floor,
+    )

@@ -1,0 +1,8 @@
+"""Model-free numerics: arrays in, arrays out, no :class:`~jaxal.model.Model`.
+
+- :mod:`~jaxal.ops.linalg`: jittered Cholesky, solves, symmetrisation.
+- :mod:`~jaxal.ops.spectral`: the smallest positive eigenvalue and its zero rule.
+- :mod:`~jaxal.ops.kmeanspp`: k-means++ seeding, dense and factored (BADGE).
+- :mod:`~jaxal.ops.kcenter`: greedy k-center (coreset).
+- :mod:`~jaxal.ops.entropy`: entropies of probability vectors.
+"""

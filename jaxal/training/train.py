@@ -1,0 +1,404 @@
+"""optax training of a linen network on the labeled set, and restarts between rounds.
+
+- Losses: ``"cross_entropy"`` (softmax CE on integer labels) and ``"squared"``
+  (``sum_c (f_c(x) - onehot(y)_c)^2``, mean over examples; the loss the NTK
+  look-ahead linearises).
+- Stop rule: after each epoch the training accuracy and loss are measured in
+  inference mode (running BatchNorm statistics, no dropout) over the whole labeled
+  set; training stops when the accuracy reaches ``target_accuracy`` and (when
+  ``target_loss`` is set) the mean loss is at most ``target_loss``, or after
+  ``max_epochs``. The accuracy rule alone (the usual 99% rule) can leave a large
+  residual ``y − f`` on the labeled set; the loss rule trains to a small one, which
+  is what the NTK look-ahead assumes (it linearises training *to convergence*).
+- Inference-mode training (``inference_mode=True``): the forward pass of every step
+  uses the running BatchNorm statistics (frozen, never updated) and no dropout, so
+  the function being trained is exactly the one whose empirical NTK the look-ahead
+  computes.
+- Mini-batches: an epoch is ``k ~ round(n / batch_size)`` batches of equal
+  size ``n // k`` from a fresh permutation; the ``n mod k < k`` left-over examples
+  sit out that epoch (a different few each time). So batches are never of size 1
+  (a tiny tail is merged, ``n < batch_size`` is one batch of ``n``) and the jitted
+  step (batch gathered on the device) compiles once per labeled-set size.
+- Restarts: ``cold`` (fresh init), ``warm`` (previous weights), ``shrink_perturb``
+  (Ash & Adams 2020): ``theta <- lam * theta + sigma * theta_fresh`` (their code) or
+  ``theta <- lam * theta + N(0, sigma^2)`` (the thesis text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxal.validation import check_choice, check_finite, check_labels, check_nonempty, check_same_length
+
+__all__ = ["TrainConfig", "TrainResult", "init_variables", "scale_head", "train", "evaluate", "restart", "epoch_batches",
+           "LOSSES", "OPTIMIZERS"]
+
+LOSSES = ("cross_entropy", "squared")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+RESTART_MODES = ("cold", "warm", "shrink_perturb")
+NOISES = ("init", "gaussian")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train on the labeled set.
+
+    Attributes:
+      loss: ``"cross_entropy"`` or ``"squared"`` (one-hot targets).
+      optimizer: ``"adam"``, ``"adamw"`` (decoupled weight decay) or ``"sgd"``
+        (momentum 0.9). For adam/sgd, ``weight_decay`` is an L2 term added to the
+        gradient.
+      learning_rate: step size (> 0).
+      weight_decay: >= 0.
+      batch_size: nominal mini-batch size (>= 2); see the module docstring.
+      max_epochs: epoch cap (>= 1).
+      target_accuracy: stop once the training accuracy reaches this, in (0, 1].
+      target_loss: if set (> 0), also require the mean training loss to be at most
+        this before stopping (e.g. ``0.01`` with the squared loss: a root-mean-square
+        residual of 0.1 per example).
+      inference_mode: train with running BatchNorm statistics frozen and dropout off
+        (see the module docstring).
+    """
+
+    loss: str = "cross_entropy"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    max_epochs: int = 100
+    target_accuracy: float = 0.99
+    target_loss: float | None = None
+    inference_mode: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 2:
+            raise ValueError(f"batch_size must be an integer >= 2, got {self.batch_size!r}")
+        if isinstance(self.max_epochs, bool) or not isinstance(self.max_epochs, int) or self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be an integer >= 1, got {self.max_epochs!r}")
+        if not 0 < self.target_accuracy <= 1:
+            raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
+        if self.target_loss is not None and not (isinstance(self.target_loss, (int, float)) and self.target_loss > 0):
+            raise ValueError(f"target_loss must be None or a positive number, got {self.target_loss!r}")
+        if not isinstance(self.inference_mode, bool):
+            raise ValueError(f"inference_mode must be True or False, got {self.inference_mode!r}")
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` returns.
+
+    Attributes:
+      variables: trained variables (``params`` and e.g. ``batch_stats``).
+      epochs: epochs run.
+      train_accuracy: final accuracy on the training set, inference mode.
+      train_loss: final mean loss on the training set, inference mode.
+      seconds: wall time, compilation included.
+      reached_target: whether the stop rule was met (accuracy, and loss when
+        ``target_loss`` is set).
+    """
+
+    variables: Any
+    epochs: int
+    train_accuracy: float
+    train_loss: float
+    seconds: float
+    reached_target: bool
+
+
+def init_variables(key: jax.Array, module: nn.Module, x_example: Any) -> Any:
+    """Fresh variables of ``module`` for inputs shaped like ``x_example [n, ...]``."""
+    check_nonempty("x_example", x_example)
+    x = jnp.asarray(np.asarray(x_example)[:1], dtype=jnp.float32)
+    return _jitted_init(module)(key, x)
+
+
+def scale_head(variables: Any, scale: float) -> Any:
+    """``variables`` with the ``head`` submodule's parameters multiplied by ``scale``.
+
+    ``scale=0`` starts the network at ``f₀ ≡ 0``. This matters for the squared loss:
+    training moves the outputs on the labeled set to the targets, but on other inputs
+    the random initial function ``f₀`` largely stays (in the kernel regime exactly:
+    ``f(x) = f₀(x) + k(x, L) K_LL⁻¹ (Y_L − f₀(X_L))``), and with one-hot targets of
+    size 1 a default-initialised head's ``f₀`` (standard deviation ~0.7 per logit) is
+    noise of the same size as the signal. Cross-entropy drives the logits far beyond
+    ``f₀``'s scale and is hurt less. The other parameters keep their initialisation,
+    so gradients reach the body as soon as the head has moved.
+
+    Raises ``ValueError`` when the parameters have no ``head`` entry.
+    """
+    if scale == 1.0:
+        return variables
+    params = variables["params"]
+    if "head" not in params:
+        raise ValueError(f"head_init_scale needs a 'head' submodule; the model's parameters hold {sorted(params)}")
+    head = jax.tree.map(lambda p: p * jnp.asarray(scale, p.dtype), params["head"])
+    return {**variables, "params": {**params, "head": head}}
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_init(module: nn.Module):
+    """One XLA compile per module and input shape (eager init compiles op by op)."""
+
+    @jax.jit
+    def init(key, x):
+        params_key, dropout_key = jax.random.split(key)
+        return module.init({"params": params_key, "dropout": dropout_key}, x, train=False)
+
+    return init
+
+
+def loss_fn(kind: str, logits: jax.Array, y: jax.Array, num_classes: int) -> jax.Array:
+    """Per-example loss ``[n]``: cross-entropy, or squared error to one-hot targets."""
+    if kind == "cross_entropy":
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return jnp.sum((logits - jax.nn.one_hot(y, num_classes, dtype=logits.dtype)) ** 2, axis=-1)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """The optax optimizer a :class:`TrainConfig` names (L2 decay for adam/sgd, decoupled for adamw)."""
+    lr, wd = config.learning_rate, config.weight_decay
+    if config.optimizer == "adamw":
+        return optax.adamw(lr, weight_decay=wd)
+    base = optax.adam(lr) if config.optimizer == "adam" else optax.sgd(lr, momentum=0.9)
+    return optax.chain(optax.add_decayed_weights(wd), base) if wd > 0 else base
+
+
+def _split(variables: Mapping[str, Any]) -> tuple[Any, dict]:
+    return variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+
+@functools.lru_cache(maxsize=64)
+def _step_fn(module: nn.Module, config: TrainConfig, num_classes: int):
+    """The optimiser and a jitted ``step(params, state, opt_state, epoch_key, x [n, ...],
+    y [n], batches [k, b], i) -> (params, state, opt_state, loss)`` on batch ``i``.
+
+    The batch is gathered on the device and ``i`` is traced, so the step compiles once
+    per ``(n, k, b)``. A Python loop over ``i`` beats a ``lax.scan`` over the batches
+    on CPU (XLA:CPU runs loop bodies several times slower) and costs nothing on GPU,
+    where dispatch is asynchronous.
+    """
+    tx = make_optimizer(config)
+
+    @jax.jit
+    def step(params, state, opt_state, epoch_key, x, y, batches, i):
+        idx = batches[i]
+        xb, yb = x[idx], y[idx]
+        key = jax.random.fold_in(epoch_key, i)
+        training = not config.inference_mode
+        mutable = (list(state) or False) if training else False  # flax returns (out, {}) for an empty list
+
+        def loss_of(p):
+            out = module.apply({"params": p, **state}, xb, train=training, rngs={"dropout": key}, mutable=mutable)
+            logits, new_state = out if mutable else (out, {})
+            return jnp.mean(loss_fn(config.loss, logits, yb, num_classes)), new_state
+
+        (loss, new_state), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), {**state, **new_state}, opt_state, loss
+
+    return tx, step
+
+
+@functools.lru_cache(maxsize=64)
+def _eval_fn(module: nn.Module, loss: str, num_classes: int):
+    """A jitted ``evaluate(variables, xs [m, b, ...], ys [m, b], masks [m, b])
+    -> (correct, loss_sum)`` running the ``m`` chunks one after another (``lax.map``:
+    memory bounded by one chunk)."""
+
+    def chunk(variables, xym):
+        x, y, mask = xym
+        logits = module.apply(variables, x, train=False)
+        correct = jnp.sum((jnp.argmax(logits, -1) == y) * mask)
+        return correct, jnp.sum(loss_fn(loss, logits, y, num_classes) * mask)
+
+    @jax.jit
+    def run(variables, xs, ys, masks):
+        correct, total = jax.lax.map(functools.partial(chunk, variables), (xs, ys, masks))
+        return jnp.sum(correct), jnp.sum(total)
+
+    return run
+
+
+def _chunked(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``x [n, ...]`` zero-padded to ``[m, b, ...]`` with ``b = min(batch_size, n)``,
+    labels ``[m, b]`` and a 0/1 mask ``[m, b]`` marking the real rows."""
+    n = x.shape[0]
+    b = min(batch_size, n)
+    m = -(-n // b)
+    pad = m * b - n
+    xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+    yp = np.concatenate([y, np.zeros(pad, y.dtype)]) if pad else y
+    mask = (np.arange(m * b) < n).astype(np.float32)
+    return (jnp.asarray(xp).reshape((m, b) + x.shape[1:]), jnp.asarray(yp).reshape(m, b),
+            jnp.asarray(mask).reshape(m, b))
+
+
+def _check_xy(x: Any, y: Any, num_classes: int) -> None:
+    check_nonempty("x", x)
+    check_same_length(x=x, y=y)
+    check_finite("x", x)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    check_labels("y", y, int(num_classes))
+
+
+def evaluate(
+    module: nn.Module,
+    variables: Any,
+    x: Any,
+    y: Any,
+    num_classes: int,
+    loss: str = "cross_entropy",
+    batch_size: int = 1024,
+) -> tuple[float, float]:
+    """Accuracy and mean loss of ``module`` on ``(x [n, ...], y [n])`` in inference mode.
+
+    Runs over chunks of ``min(batch_size, n)`` rows (the last one padded and masked)
+    inside one jitted call.
+    """
+    _check_xy(x, y, num_classes)
+    check_choice("loss", loss, LOSSES)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    x = np.asarray(x, dtype=np.float32)
+    n = x.shape[0]
+    chunks = _chunked(x, np.asarray(y, np.int32), batch_size)
+    correct, total = _eval_fn(module, loss, int(num_classes))(variables, *chunks)
+    return float(correct) / n, float(total) / n
+
+
+def epoch_batches(n: int, batch_size: int) -> tuple[int, int]:
+    """``(k, b)``: batches per epoch and their size for ``n`` examples.
+
+    ``k = max(1, min(round(n / batch_size), n // 2))``, ``b = n // k``; ``b >= 2`` whenever
+    ``n >= 2``, and ``b < 1.5 * batch_size + 1``.
+    """
+    k = max(1, min(int(np.floor(n / batch_size + 0.5)), n // 2))
+    return k, n // k
+
+
+def train(
+    key: jax.Array,
+    module: nn.Module,
+    variables: Any,
+    x: Any,
+    y: Any,
+    num_classes: int,
+    config: TrainConfig = TrainConfig(),
+) -> TrainResult:
+    """Train ``module`` from ``variables`` on ``(x [n, ...], y [n])`` with optax.
+
+    A fresh optimiser state each call. See the module docstring for batching and the
+    stop rule. ``key`` drives the permutations and dropout.
+    """
+    t0 = time.perf_counter()
+    _check_xy(x, y, num_classes)
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise ValueError("variables must be a mapping with a 'params' collection")
+    n = int(np.shape(x)[0])
+    if n < 2:
+        raise ValueError(f"x must hold at least 2 examples to train (mini-batches of 1 are not used), got {n}")
+    num_classes = int(num_classes)
+    x_np = np.asarray(x, dtype=np.float32)
+    y_np = np.asarray(y, dtype=np.int32)
+    x_dev, y_dev = jnp.asarray(x_np), jnp.asarray(y_np)
+    k, b = epoch_batches(n, config.batch_size)
+    out = jax.eval_shape(lambda v, xb: module.apply(v, xb, train=False), variables, x_dev[:1])
+    if out.shape[-1] != num_classes:
+        raise ValueError(f"num_classes={num_classes} but the module outputs {out.shape[-1]} logits")
+
+    # stop-rule and batching fields do not change the compiled step: share its cache entry
+    step_config = dataclasses.replace(config, batch_size=2, max_epochs=1, target_accuracy=1.0, target_loss=None)
+    tx, step = _step_fn(module, step_config, num_classes)
+    evaluate_chunks = _eval_fn(module, config.loss, num_classes)
+    chunks = _chunked(x_np, y_np, 1024)  # on the device once, reused every epoch
+    params, state = _split(flax.core.unfreeze(variables))
+    opt_state = tx.init(params)
+    acc, loss, epochs = 0.0, float("nan"), 0
+    for epochs in range(1, config.max_epochs + 1):
+        key, perm_key, epoch_key = jax.random.split(key, 3)
+        batches = jax.random.permutation(perm_key, n)[: k * b].reshape(k, b)
+        for i in range(k):
+            params, state, opt_state, _ = step(params, state, opt_state, epoch_key, x_dev, y_dev, batches, i)
+        correct, total = evaluate_chunks({"params": params, **state}, *chunks)
+        acc, loss = float(correct) / n, float(total) / n
+        if _reached(acc, loss, config):
+            break
+    return TrainResult(
+        variables={"params": params, **state},
+        epochs=epochs,
+        train_accuracy=acc,
+        train_loss=loss,
+        seconds=time.perf_counter() - t0,
+        reached_target=_reached(acc, loss, config),
+    )
+
+
+def _reached(accuracy: float, loss: float, config: TrainConfig) -> bool:
+    """The stop rule: accuracy at target and, when ``target_loss`` is set, loss at most it."""
+    return bool(accuracy >= config.target_accuracy and (config.target_loss is None or loss <= config.target_loss))
+
+
+def restart(
+    key: jax.Array,
+    mode: str,
+    module: nn.Module,
+    variables_prev: Any,
+    x_example: Any,
+    *,
+    lam: float = 0.5,
+    sigma: float = 0.01,
+    noise: str = "init",
+) -> Any:
+    """Variables to start the next round's training from.
+
+    Args:
+      key: used for the fresh init (``init_variables(key, ...)``), so ``cold`` and
+        ``shrink_perturb`` with ``lam=0, sigma=1, noise="init"`` give the same values.
+      mode: ``"cold"`` (fresh init, all collections fresh), ``"warm"`` (the previous
+        variables), ``"shrink_perturb"``: params ``lam * theta + sigma * theta_fresh``
+        (``noise="init"``, Ash & Adams' code) or ``lam * theta + N(0, sigma^2)``
+        elementwise (``noise="gaussian"``, the thesis text); other collections
+        (BatchNorm statistics) are kept from ``variables_prev``.
+      module: the network.
+      variables_prev: the previous round's variables (ignored by ``cold``).
+      x_example: a batch shaped like the inputs, for the init.
+    """
+    check_choice("restart mode", mode, RESTART_MODES)
+    check_choice("noise", noise, NOISES)
+    if mode == "cold":
+        return init_variables(key, module, x_example)
+    if not isinstance(variables_prev, Mapping) or "params" not in variables_prev:
+        raise ValueError("variables_prev must be a mapping with a 'params' collection")
+    if mode == "warm":
+        return variables_prev
+    prev_params, state = _split(variables_prev)
+    if noise == "init":
+        fresh = init_variables(key, module, x_example)["params"]
+        params = jax.tree.map(lambda p, f: lam * p + sigma * f, prev_params, fresh)
+    else:
+        leaves, treedef = jax.tree.flatten(prev_params)
+        keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+        params = jax.tree.unflatten(
+            treedef,
+            [lam * p + sigma * jax.random.normal(kk, jnp.shape(p), jnp.result_type(p)) for p, kk in zip(leaves, keys)],
+        )
+    return {"params": params, **state}
