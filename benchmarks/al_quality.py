@@ -67,8 +67,8 @@ from typing import Any, Mapping, Sequence
 from jaxal import strategies as registry
 from jaxal.cli import parse_arm, split_arms
 from jaxal.experiment import protocols
+from jaxal.experiment.config import ExperimentConfig
 from jaxal.experiment.grid import compare, run_grid
-from jaxal.experiment.loop import ExperimentConfig
 from jaxal.experiment.records import SEQUENTIAL_SUFFIX
 from jaxal.experiment.report import Report, verdict
 from jaxal.training.train import TrainConfig

@@ -41,8 +41,8 @@ from typing import Any, Sequence
 
 from jaxal.cli import parse_arm
 from jaxal.experiment import protocols
+from jaxal.experiment.config import ExperimentConfig
 from jaxal.experiment.grid import compare
-from jaxal.experiment.loop import ExperimentConfig
 from jaxal.training.train import TrainConfig
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "lookahead_ablation")

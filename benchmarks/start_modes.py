@@ -49,8 +49,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxal.experiment import records as ev
+from jaxal.experiment.config import ExperimentConfig
 from jaxal.experiment.grid import plan, run_grid, run_status
-from jaxal.experiment.loop import ExperimentConfig, run
+from jaxal.experiment.loop import run
 from jaxal.training.train import TrainConfig
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "start_modes")

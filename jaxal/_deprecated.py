@@ -15,7 +15,7 @@ from types import ModuleType
 
 __all__ = ["alias", "merge", "MOVED"]
 
-# Where everything went in 0.2 (old module -> new module(s)); the README's migration table.
+# Where everything went in 0.2 (old module -> new module(s)); the table in docs/architecture.md.
 MOVED: dict[str, tuple[str, ...]] = {
     "jaxal.linalg": ("jaxal.ops.linalg",),
     "jaxal.spectral": ("jaxal.ops.spectral",),
@@ -26,10 +26,10 @@ MOVED: dict[str, tuple[str, ...]] = {
     "jaxal.ssl": ("jaxal.training.ssl",),
     "jaxal.augment": ("jaxal.training.augment",),
     "jaxal.frozen": ("jaxal.training.frozen",),
-    "jaxal.loop": ("jaxal.experiment.loop",),
+    "jaxal.loop": ("jaxal.experiment.loop", "jaxal.experiment.config"),
     "jaxal.checkpoint": ("jaxal.experiment.checkpoint",),
     "jaxal.compare": ("jaxal.experiment.grid",),
-    "jaxal.evaluate": ("jaxal.experiment.records", "jaxal.experiment.stats"),
+    "jaxal.evaluate": ("jaxal.experiment.records", "jaxal.experiment.plots", "jaxal.experiment.stats"),
     "jaxal.metrics": ("jaxal.experiment.stats",),
     "jaxal.report": ("jaxal.experiment.report",),
     "jaxal.protocols": ("jaxal.experiment.protocols",),

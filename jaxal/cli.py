@@ -76,8 +76,17 @@ def parse_seeds(text: str) -> list[int]:
 # --------------------------------------------------------------------------- jaxal run
 
 
+def _defaults() -> tuple[Any, Any]:
+    """``(ExperimentConfig(), TrainConfig())``: the flags' defaults are the library's own."""
+    from jaxal.experiment.config import ExperimentConfig
+
+    config = ExperimentConfig()
+    return config, config.train
+
+
 def add_run(subparsers: Any) -> None:
     """``jaxal run``: active-learning experiments, one run per strategy and seed."""
+    d, dt = _defaults()
     p = subparsers.add_parser(
         "run",
         help="run active-learning experiments (default: digits, MLP, NTK look-ahead MLMOC (greedy batch and "
@@ -86,10 +95,10 @@ def add_run(subparsers: Any) -> None:
         "learning-curve plot under --out.",
     )
     g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", default="digits", help="data set name (default: digits)")
+    g.add_argument("--dataset", default=d.dataset, help=f"data set name (default: {d.dataset})")
     g.add_argument("--data-dir", default=None, help="where TFDS / .npz data live")
     g.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="extra data set option (repeatable)")
-    g.add_argument("--model", default="mlp", help="model name (default: mlp)")
+    g.add_argument("--model", default=d.model, help=f"model name (default: {d.model})")
     g.add_argument("--widths", default=None, help="MLP hidden widths, e.g. 256,256")
     g.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                    help="model option, e.g. dropout_rate=0.2 or channels=(16,32) (repeatable)")
@@ -97,12 +106,19 @@ def add_run(subparsers: Any) -> None:
     g.add_argument("--strategy", default=DEFAULT_STRATEGIES,
                    help="strategy or comma-separated list; NAME-seq is NAME's sequential mode, NAME[key=value,...] a "
                    f"variant with its own options (default: {DEFAULT_STRATEGIES})")
-    g.add_argument("--option", action="append", metavar="KEY=VALUE", help="strategy option, value parsed as a Python literal; NAME.KEY=VALUE for one strategy only (repeatable)")
-    g.add_argument("--crc-group-size", type=int, default=None, metavar="G", help="CRC group size G (strategy option group_size; must divide --budget)")
-    g.add_argument("--initial", type=int, default=20, help="initial labeled set size (default: 20)")
+    g.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="strategy option, value parsed as a Python literal: KEY=VALUE goes to every listed strategy "
+                   "that takes KEY, NAME.KEY=VALUE (e.g. crc.group_size=5) to strategy NAME only (repeatable)")
+    g.add_argument("--crc-group-size", type=int, default=None, help=argparse.SUPPRESS)  # 0.1 flag, deprecated
+    g.add_argument("--import", dest="imports", action="append", metavar="MODULE", default=[],
+                   help="import MODULE first (from the current directory or the installed packages), e.g. to "
+                   "register your own strategy with @jaxal.register (repeatable)")
+    g.add_argument("--initial", type=int, default=d.initial_size,
+                   help=f"initial labeled set size (default: {d.initial_size})")
     g.add_argument("--balanced-init", action="store_true", help="class-balanced initial set")
-    g.add_argument("--budget", type=int, default=20, help="points queried per round (default: 20)")
-    g.add_argument("--rounds", type=int, default=5, help="query rounds after the initial training (default: 5)")
+    g.add_argument("--budget", type=int, default=d.budget, help=f"points queried per round (default: {d.budget})")
+    g.add_argument("--rounds", type=int, default=d.rounds,
+                   help=f"query rounds after the initial training (default: {d.rounds})")
     g.add_argument("--candidates", type=int, default=None,
                    help="random candidate subsample per round (default: the protocol's; standard: whole pool)")
     g.add_argument("--sequential", action="store_true", help="query one point at a time with the oracle in the loop")
@@ -114,17 +130,18 @@ def add_run(subparsers: Any) -> None:
                    "cross-entropy, 99%% training accuracy: the usual deep-AL protocol). Explicit flags override "
                    f"it (default: {DEFAULT_PROTOCOL}; standard with a semi-supervised --trainer)")
     g.add_argument("--start", default=None, help="cold | warm | shrink_perturb (default: the protocol's)")
-    g.add_argument("--lam", type=float, default=0.5, help="shrink factor for shrink_perturb (default: 0.5)")
-    g.add_argument("--sigma", type=float, default=0.01, help="perturbation scale for shrink_perturb (default: 0.01)")
-    g.add_argument("--noise", default="init", help="shrink_perturb noise: init | gaussian (default: init)")
+    g.add_argument("--lam", type=float, default=d.lam, help=f"shrink factor for shrink_perturb (default: {d.lam})")
+    g.add_argument("--sigma", type=float, default=d.sigma,
+                   help=f"perturbation scale for shrink_perturb (default: {d.sigma})")
+    g.add_argument("--noise", default=d.noise, help=f"shrink_perturb noise: init | gaussian (default: {d.noise})")
     g.add_argument("--loss", default=None, help="cross_entropy | squared (default: the protocol's)")
     g.add_argument("--epochs", type=int, default=None, help="max training epochs per round (default: the protocol's)")
     g.add_argument("--target-loss", type=float, default=None,
                    help="also train until the mean training loss is at most this (default: the protocol's)")
-    g.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default: 64)")
-    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
-    g.add_argument("--trainer", default="supervised",
-                   help="supervised | pseudo_label | mean_teacher | fixmatch (default: supervised)")
+    g.add_argument("--batch-size", type=int, default=dt.batch_size, help=f"mini-batch size (default: {dt.batch_size})")
+    g.add_argument("--lr", type=float, default=dt.learning_rate, help=f"learning rate (default: {dt.learning_rate:g})")
+    g.add_argument("--trainer", default=d.trainer,
+                   help=f"supervised | pseudo_label | mean_teacher | fixmatch (default: {d.trainer})")
     g.add_argument("--ssl-option", action="append", metavar="KEY=VALUE",
                    help="semi-supervised setting, e.g. steps=300 or threshold=0.9 (repeatable)")
     g = p.add_argument_group("output")
@@ -134,18 +151,48 @@ def add_run(subparsers: Any) -> None:
     p.set_defaults(handler=run_command)
 
 
-def _options_for(strategy: str, options: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Options for one strategy: plain ``key`` options go to every strategy,
-    ``strategy.key`` ones only to that strategy."""
-    out = {k: v for k, v in options.items() if "." not in k}
-    out.update({k.split(".", 1)[1]: v for k, v in options.items() if k.split(".", 1)[0] == strategy and "." in k})
-    out.update(extra)
+def _options_for(strategy: str, options: dict[str, Any], sequential: bool = False) -> dict[str, Any]:
+    """Options for one strategy: a plain ``key`` goes to it when it takes ``key``;
+    ``strategy.key`` goes to that strategy only (and is refused later if it does not take it)."""
+    from jaxal.strategies import option_names
+
+    accepted = option_names(strategy, sequential)
+    out = {k: v for k, v in options.items() if "." not in k and (accepted is None or k in accepted)}
+    out.update({k.split(".", 1)[1]: v for k, v in options.items() if "." in k and k.split(".", 1)[0] == strategy})
     return out
+
+
+def _check_routing(options: dict[str, Any], names: Sequence[str], sequential: bool) -> None:
+    """Every ``--option`` must reach a listed strategy: a scoped one names a listed
+    strategy, a plain one is taken by at least one of them."""
+    from jaxal.strategies import option_names
+
+    unused = sorted({k.split(".", 1)[0] for k in options if "." in k} - set(names))
+    if unused:
+        raise ValueError(f"--option names strategies not in --strategy: {', '.join(unused)}")
+    for k in (k for k in options if "." not in k):
+        takers = [n for n in names if (o := option_names(n, sequential)) is None or k in o]
+        if not takers:
+            raise ValueError(f"--option {k}=... is taken by none of the strategies {', '.join(names)}; "
+                             f"scope it as NAME.{k}=... to the strategy that should get it")
+
+
+def _import_modules(modules: Sequence[str]) -> None:
+    """``--import``: load user modules (e.g. ones that ``@jaxal.register`` a strategy)."""
+    import importlib
+
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ValueError(f"--import {name}: {e}") from None
 
 
 def _configs(args: argparse.Namespace) -> list:
     """One :class:`ExperimentConfig` per (strategy, seed), all validated."""
-    from jaxal.experiment.loop import ExperimentConfig, validate
+    from jaxal.experiment.config import ExperimentConfig, validate
     from jaxal.training.train import TrainConfig
 
     names = [s.strip() for s in args.strategy.split(",") if s.strip()]
@@ -153,6 +200,7 @@ def _configs(args: argparse.Namespace) -> list:
         raise ValueError("--strategy is empty")
     if len(set(names)) != len(names):
         raise ValueError(f"--strategy lists a name twice: {args.strategy!r}")
+    from jaxal import strategies
     from jaxal.experiment import protocols
 
     model_options = {"widths": parse_int_list(args.widths, "--widths")} if args.widths else {}
@@ -184,17 +232,22 @@ def _configs(args: argparse.Namespace) -> list:
     explicit = [k for k, v in (("start", args.start), ("candidates", args.candidates)) if v is not None]
     protocol = args.protocol or (DEFAULT_PROTOCOL if args.trainer == "supervised" else "standard")
     base = protocols.apply(base, protocol, keep=explicit, keep_train=explicit_train)
-    crc_opts = {} if args.crc_group_size is None else {"group_size": args.crc_group_size}
+    options = dict(base.strategy_options)
+    if args.crc_group_size is not None:  # the 0.1 flag
+        import warnings
+
+        warnings.warn("--crc-group-size is now --option crc.group_size=G (the flag goes in 0.3)",
+                      DeprecationWarning, stacklevel=2)
+        options.setdefault("crc.group_size", args.crc_group_size)
+    unknown = [n for n in names if n not in strategies.names()]
+    if unknown:
+        strategies.get(unknown[0])  # the registry's error lists the valid names
+    _check_routing(options, names, args.sequential)
     configs = [
-        dataclasses.replace(
-            base, strategy=s, seed=k, strategy_options=_options_for(s, base.strategy_options, crc_opts if s == "crc" else {})
-        )
+        dataclasses.replace(base, strategy=s, seed=k, strategy_options=_options_for(s, options, args.sequential))
         for s in names
         for k in parse_seeds(args.seeds)
     ]
-    unused = [k.split(".", 1)[0] for k in base.strategy_options if "." in k and k.split(".", 1)[0] not in names]
-    if unused:
-        raise ValueError(f"--option names strategies not in --strategy: {', '.join(sorted(set(unused)))}")
     for c in configs:
         validate(c)
     return configs
@@ -247,8 +300,8 @@ def run_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from jaxal.experiment.loop import run
+    from jaxal.experiment.plots import plot_learning_curves
     from jaxal.experiment.protocols import describe
-    from jaxal.experiment.records import plot_learning_curves
 
     console = Console(soft_wrap=True, highlight=False)
     if args.resume and not args.out:
@@ -366,7 +419,7 @@ def compare_configs(args: argparse.Namespace) -> list:
     """The grid's configs: `jaxal run`'s (:func:`_configs`) per base strategy, with the
     ``-seq`` arms switched to their sequential mode and each ``NAME[k=v]`` variant's
     options added; an arm that is not a plain strategy is labelled by its text."""
-    from jaxal.experiment.loop import validate
+    from jaxal.experiment.config import validate
 
     names = split_arms(args.strategy)
     names = [s.strip() for s in names if s.strip()]
@@ -485,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _import_modules(getattr(args, "imports", None) or [])
         return int(args.handler(args) or 0)
     except ValueError as e:  # bad input: one clear line, no traceback
         print(f"jaxal {args.command}: error: {e}", file=sys.stderr)

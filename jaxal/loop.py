@@ -1,5 +1,5 @@
-"""Deprecated: moved to :mod:`jaxal.experiment.loop` in jaxal 0.2 (removed in 0.3)."""
+"""Deprecated: moved to :mod:`jaxal.experiment.loop` / :mod:`jaxal.experiment.config` in jaxal 0.2 (removed in 0.3)."""
 
-from jaxal._deprecated import alias
+from jaxal._deprecated import merge
 
-alias(__name__)
+merge(__name__)

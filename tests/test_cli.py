@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from jaxal.cli import main, parse_options, parse_seeds
-from jaxal.experiment.records import curve, load_records, plot_learning_curves
+from jaxal.experiment.plots import plot_learning_curves
+from jaxal.experiment.records import curve, load_records
 
 TINY = ["run", "--widths", "16", "--initial", "10", "--budget", "5", "--rounds", "1", "--epochs", "2",
         "--batch-size", "16", "--candidates", "50", "--quiet"]
@@ -108,8 +109,10 @@ def test_per_strategy_options_go_only_to_their_strategy(tmp_path, capsys):
     from jaxal.cli import _options_for
 
     opts = {"batch_size": 64, "crc.group_size": 5}
-    assert _options_for("crc", opts, {}) == {"batch_size": 64, "group_size": 5}
-    assert _options_for("entropy", opts, {}) == {"batch_size": 64}
+    assert _options_for("crc", opts) == {"batch_size": 64, "group_size": 5}
+    assert _options_for("entropy", opts) == {"batch_size": 64}
+    # a plain option goes only to the strategies that take it (random takes no batch_size)
+    assert _options_for("random", opts) == {}
     # an option the strategy does not take: refused before anything runs
     assert main(TINY + ["--strategy", "random", "--option", "batch_size=3", "--out", str(tmp_path / "o")]) == 2
     assert "batch_size" in capsys.readouterr().err

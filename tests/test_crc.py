@@ -235,12 +235,29 @@ def test_cli_run_with_crc_group_size(tmp_path):
     cli = pytest.importorskip("jaxal.cli")
     import json
 
-    argv = ["run", "--strategy", "crc", "--crc-group-size", "5", "--budget", "10", "--rounds", "1",
+    argv = ["run", "--strategy", "crc", "--option", "crc.group_size=5", "--budget", "10", "--rounds", "1",
             "--initial", "10", "--epochs", "1", "--widths", "8", "--out", str(tmp_path), "--quiet"]
     assert cli.main(argv) == 0
     records = [json.loads(line) for line in open(tmp_path / "crc" / "seed0" / "records.jsonl")]
     info = records[-1]["info"]
     assert info["group_size"] == 5 and len(info["group_scores"]) == 2 and len(records[-1]["chosen"]) == 10
+
+
+def test_deprecated_crc_flag_and_kernel_option_still_work():
+    """The 0.1 spellings map onto the new ones, with a DeprecationWarning."""
+    from jaxal.cli import _configs, build_parser
+
+    args = build_parser().parse_args(["run", "--strategy", "crc,entropy", "--crc-group-size", "5", "--budget", "10"])
+    with pytest.warns(DeprecationWarning, match="crc.group_size"):
+        configs = _configs(args)
+    assert {c.strategy: dict(c.strategy_options) for c in configs} == {"crc": {"group_size": 5}, "entropy": {}}
+    model = feature_model(4)
+    x_l, x_pool = np.eye(4)[:2], np.random.default_rng(0).standard_normal((12, 4))
+    groups = np.arange(12).reshape(6, 2)
+    new, _ = group_scores(model, x_l, x_pool, groups, num_classes=C, subset="all")
+    with pytest.warns(DeprecationWarning, match="subset='all'"):
+        old, _ = group_scores(model, x_l, x_pool, groups, num_classes=C, kernel="full")
+    np.testing.assert_array_equal(old, new)
 
 
 # --- per-group ranks ---------------------------------------------------------------

@@ -133,8 +133,8 @@ def test_load_runs_labels_sequential_and_refuses_duplicates(tmp_path):
 
 
 def test_paired_pvalue_edge_cases():
-    assert math.isnan(ev.paired_pvalue([0.5], [0.4]))
-    assert ev.paired_pvalue([0.5, 0.6], [0.4, 0.5]) == 0.0  # constant nonzero difference
-    assert ev.paired_pvalue([0.5, 0.6], [0.5, 0.6]) == 1.0
+    assert math.isnan(metrics.paired_pvalue([0.5], [0.4]))
+    assert metrics.paired_pvalue([0.5, 0.6], [0.4, 0.5]) == 0.0  # constant nonzero difference
+    assert metrics.paired_pvalue([0.5, 0.6], [0.5, 0.6]) == 1.0
     with pytest.raises(ValueError, match="same length"):
-        ev.paired_pvalue([0.5, 0.6], [0.5])
+        metrics.paired_pvalue([0.5, 0.6], [0.5])

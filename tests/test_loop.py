@@ -8,7 +8,8 @@ import pytest
 
 from jaxal import data
 from jaxal.experiment.checkpoint import CheckpointError
-from jaxal.experiment.loop import ExperimentConfig, RunExistsError, run
+from jaxal.experiment.config import ExperimentConfig
+from jaxal.experiment.loop import RunExistsError, run
 from jaxal.model import predict_probs
 from jaxal.strategies.base import Query, register, top_k_indices
 from jaxal.strategies.uncertainty import entropy_scores

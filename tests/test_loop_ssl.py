@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from jaxal.experiment.loop import ExperimentConfig, run
+from jaxal.experiment.config import ExperimentConfig
+from jaxal.experiment.loop import run
 from jaxal.training import ssl
 from jaxal.training.train import TrainConfig
 

@@ -13,7 +13,7 @@ import pytest
 
 from jaxal.cli import compare_configs, main, parse_arm
 from jaxal.experiment import loop, protocols
-from jaxal.experiment.loop import ExperimentConfig
+from jaxal.experiment.config import ExperimentConfig
 from jaxal.training.train import TrainConfig, init_variables, loss_fn, train
 
 TINY = ["run", "--widths", "16", "--initial", "10", "--budget", "5", "--rounds", "1", "--epochs", "2",

@@ -37,6 +37,7 @@ __all__ = [
     "CheckpointError",
     "save",
     "load",
+    "peek_round",
     "fingerprint",
     "write_atomic",
     "encode_tree",
@@ -225,6 +226,20 @@ def save(
         "payload": payload,
     }
     write_atomic(path, msgpack.packb(envelope, use_bin_type=True))
+
+
+def peek_round(path: str | os.PathLike) -> int | None:
+    """The last completed round a checkpoint holds, read without verifying or restoring it.
+
+    Cheap enough to ask of every run of a grid before deciding which to resume.
+    ``None`` when the file cannot be read; :func:`load` then says why.
+    """
+    try:
+        with open(os.fspath(path), "rb") as f:
+            envelope = msgpack.unpackb(f.read(), raw=False)
+        return int(msgpack.unpackb(envelope["payload"], raw=False)["round"])
+    except Exception:  # noqa: BLE001 - unreadable: load() reports it
+        return None
 
 
 def load(

@@ -1,6 +1,6 @@
 """The comparison grid: every strategy × seed, resumable, with one progress view.
 
-A comparison is a list of :class:`~jaxal.experiment.loop.ExperimentConfig` that differ in their
+A comparison is a list of :class:`~jaxal.experiment.config.ExperimentConfig` that differ in their
 strategy (and ``sequential`` flag) and seed. Each runs in ``out_dir/<label>/seed<k>``
 (the ``jaxal run`` layout) where ``label`` is the strategy, plus ``-seq`` for the
 sequential mode (:func:`jaxal.experiment.records.run_label`). At one seed every strategy starts
@@ -22,14 +22,15 @@ half-way already holds paired comparisons.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from jaxal.experiment import checkpoint as ckpt
 from jaxal.experiment import records as ev
-from jaxal.experiment.loop import CHECKPOINT_FILE, RESUMABLE_KEYS, ExperimentConfig, run, validate
-from jaxal.experiment.report import write_report
+from jaxal.experiment.config import ExperimentConfig, check_same_run, validate
+from jaxal.experiment.loop import CHECKPOINT_FILE, run
+from jaxal.experiment.progress import progress_bar
+from jaxal.experiment.report import Report, write_report
 
 __all__ = ["GridRun", "label_of", "plan", "run_status", "check_grid", "run_grid", "compare"]
 
@@ -86,19 +87,6 @@ def plan(
     return sorted(cells.values(), key=lambda r: (r.seed, order[r.label]))
 
 
-def _checkpoint_round(path: str) -> int | None:
-    """The last completed round stored in a checkpoint, without restoring it
-    (``None`` when the file cannot be read: the loop will then say why)."""
-    import msgpack
-
-    try:
-        with open(path, "rb") as f:
-            envelope = msgpack.unpackb(f.read(), raw=False)
-        return int(msgpack.unpackb(envelope["payload"], raw=False)["round"])
-    except Exception:  # noqa: BLE001 - unreadable: let jaxal.experiment.loop report it
-        return None
-
-
 def _stored_config(run_dir: str) -> dict | None:
     try:
         return ev.read_config(run_dir)
@@ -112,7 +100,7 @@ def run_status(cell: GridRun) -> str:
     ck = os.path.join(cell.run_dir, CHECKPOINT_FILE)
     if not os.path.exists(ck):
         return PARTIAL if _stored_config(cell.run_dir) is not None else NEW
-    last = _checkpoint_round(ck)
+    last = ckpt.peek_round(ck)
     return DONE if last is not None and last >= cell.config.rounds else PARTIAL
 
 
@@ -123,51 +111,8 @@ def check_grid(cells: Sequence[GridRun]) -> None:
         stored = _stored_config(cell.run_dir)
         if stored is None:
             continue
-        if ckpt.fingerprint(stored, ignore=RESUMABLE_KEYS) != cell.config.fingerprint():
-            diff = ckpt.config_diff(stored, cell.config.to_dict(), ignore=RESUMABLE_KEYS)
-            raise ckpt.CheckpointError(
-                f"{cell.run_dir} holds a run with other settings (stored -> requested: {'; '.join(diff)}); "
-                "use the same settings to resume this comparison, or another --out for a new one"
-            )
-
-
-@contextlib.contextmanager
-def _grid_progress(enabled: bool, total: int, completed: int, runs: int) -> Iterator[Callable[..., None]]:
-    """Yield ``update(advance=0, status=None, runs_done=None)`` driving one rich bar over
-    every round of the grid (a no-op when disabled)."""
-    if not enabled:
-        yield lambda **kw: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("rounds"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-    ) as bar:
-        task = bar.add_task(f"grid 0/{runs} runs", total=total, completed=completed, status="")
-
-        def update(advance: int = 0, status: str | None = None, runs_done: int | None = None) -> None:
-            kw: dict[str, Any] = {"advance": advance}
-            if status is not None:
-                kw["status"] = status
-            if runs_done is not None:
-                kw["description"] = f"grid {runs_done}/{runs} runs"
-            bar.update(task, **kw)
-
-        yield update
+        check_same_run(stored, cell.config, cell.run_dir,
+                       "use the same settings to resume this comparison, or another --out for a new one")
 
 
 def _records_so_far(run_dir: str) -> int:
@@ -209,7 +154,8 @@ def run_grid(
         for c, s in zip(cells, status)
     )
     results: ev.Runs = {}
-    with _grid_progress(progress, total, completed, len(cells)) as update:
+    runs = len(cells)
+    with progress_bar(progress, f"grid 0/{runs} runs", total, completed=completed, unit="rounds", eta=True) as update:
         for k, (cell, st) in enumerate(zip(cells, status)):
             if st == DONE:
                 records = ev.load_records(cell.run_dir)
@@ -225,7 +171,7 @@ def run_grid(
 
                 records = run(cell.config, cell.run_dir, resume=True, progress=False, on_event=hook)
             results.setdefault(cell.label, {})[cell.seed] = records
-            update(runs_done=k + 1)
+            update(description=f"grid {k + 1}/{runs} runs")
     return results
 
 
@@ -237,7 +183,7 @@ def compare(
     progress: bool = False,
     on_event: Callable[[GridRun, str, int], None] | None = None,
     title: str | None = None,
-):
+) -> tuple[ev.Runs, Report]:
     """Run the grid (:func:`run_grid`) and write its evaluation into ``out_dir``
     (:func:`jaxal.experiment.report.write_report`: curves, differences to random, AUBC, penalty
     matrix, summary). Returns ``(runs, report)``."""

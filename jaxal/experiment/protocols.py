@@ -1,7 +1,7 @@
 """Training protocols: how the network is (re)trained between queries.
 
 A protocol is a named set of defaults for the fields of
-:class:`~jaxal.experiment.loop.ExperimentConfig` that decide how a round retrains; anything the
+:class:`~jaxal.experiment.config.ExperimentConfig` that decide how a round retrains; anything the
 user sets explicitly wins. The run's ``config.json`` records the resolved values and
 the protocol's name.
 
@@ -91,7 +91,7 @@ def describe(name: str) -> str:
 
 
 def apply(config: Any, name: str, *, keep: Iterable[str] = (), keep_train: Iterable[str] = ()) -> Any:
-    """``config`` (an :class:`~jaxal.experiment.loop.ExperimentConfig`) with protocol ``name``'s settings.
+    """``config`` (an :class:`~jaxal.experiment.config.ExperimentConfig`) with protocol ``name``'s settings.
 
     Args:
       config: the experiment.

@@ -1,21 +1,19 @@
-"""Reading run records, the papers' statistics over seeds, and the plots.
+"""Reading run records into learning curves and AUBC tables.
 
 A run directory holds ``records.jsonl`` (one JSON object per round, see
-:mod:`jaxal.experiment.loop`) and ``config.json``. Plots use matplotlib's Agg canvas directly (no
-pyplot, no global backend switch), so they work headless and inside other programs.
+:mod:`jaxal.experiment.loop`) and ``config.json``. This module reads them and turns
+them into numbers; the tests behind those numbers live in :mod:`jaxal.experiment.stats`
+and the figures in :mod:`jaxal.experiment.plots`.
 
-Two layers:
+Two levels:
 
-- record level (:func:`load_records`, :func:`group_by_strategy`, :func:`curve`,
-  :func:`plot_learning_curves`): one line per strategy, mean ± 1 std;
-- grid level, for comparisons over seeds (what ``jaxal compare`` / ``jaxal plot``
-  write): :func:`load_runs` reads many run directories into
-  ``runs[label][seed] = records``, :func:`to_curves` turns them into
-  ``curves[label][seed][n_labeled] = accuracy`` (the input of :mod:`jaxal.experiment.stats`),
-  and :func:`curve_ci`, :func:`difference_curves`, :func:`aubc_rows` compute 95%
-  Student-t bands, paired differences to the reference (random) and AUBC with paired
-  t-tests; :func:`plot_curves_ci`, :func:`plot_differences`, :func:`plot_penalty` draw
-  them.
+- one run per line (:func:`load_records`, :func:`group_by_strategy`, :func:`curve`):
+  mean ± 1 std over seeds, aligned by round;
+- grids of runs compared over seeds (what ``jaxal compare`` / ``jaxal plot`` read):
+  :func:`load_runs` reads many run directories into ``runs[label][seed] = records``,
+  :func:`to_curves` turns them into ``curves[label][seed][n_labeled] = accuracy``, and
+  :func:`curve_ci`, :func:`difference_curves`, :func:`aubc_rows` give 95% Student-t
+  bands, paired differences to the reference (random) and AUBC with paired t-tests.
 
 A *label* names one arm of a comparison: the strategy, with ``-seq`` appended when the
 run used the sequential (oracle-in-the-loop) mode, so ``mlmoc`` and ``mlmoc-seq`` are
@@ -31,30 +29,26 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from jaxal.experiment.stats import aubc, aubc_trapezoid, mean_ci
+from jaxal.experiment.stats import aubc, aubc_trapezoid, mean_ci, paired_pvalue
 
 __all__ = [
     "load_records",
+    "as_records",
     "group_by_strategy",
     "curve",
-    "plot_learning_curves",
     "SEQUENTIAL_SUFFIX",
     "run_label",
     "find_run_dirs",
+    "read_config",
     "load_runs",
     "to_curves",
     "design",
     "shared_budgets",
-    "paired_pvalue",
     "curve_ci",
     "difference_curves",
     "AubcRow",
     "aubc_rows",
-    "plot_curves_ci",
-    "plot_differences",
-    "plot_penalty",
 ]
-
 
 def load_records(run_dir: str | os.PathLike) -> list[dict]:
     """The round records of one run, ``run_dir/records.jsonl``, in file order.
@@ -76,7 +70,8 @@ def load_records(run_dir: str | os.PathLike) -> list[dict]:
     return records
 
 
-def _as_records(run: Any) -> list[dict]:
+def as_records(run: Any) -> list[dict]:
+    """A run's records from its directory, or the records themselves (as a list)."""
     if isinstance(run, (str, os.PathLike)):
         return load_records(run)
     return list(run)
@@ -86,7 +81,7 @@ def group_by_strategy(runs: Iterable[Any]) -> dict[str, list[list[dict]]]:
     """Group runs (directories or record lists) by the ``strategy`` in their records."""
     groups: dict[str, list[list[dict]]] = defaultdict(list)
     for run in runs:
-        recs = _as_records(run)
+        recs = as_records(run)
         if recs:
             groups[str(recs[0].get("strategy", "?"))].append(recs)
     return dict(groups)
@@ -108,66 +103,6 @@ def curve(runs: Sequence[Sequence[Mapping[str, Any]]], metric: str = "test_accur
     n = np.array([np.mean([d[k]["n_labeled"] for d in by_round]) for k in common], dtype=float)
     vals = np.array([[d[k][metric] for d in by_round] for k in common], dtype=float).reshape(len(common), -1)
     return n, vals.mean(axis=1), vals.std(axis=1)
-
-
-def plot_learning_curves(
-    runs: Mapping[str, Sequence[Any]] | Sequence[Any],
-    path: str | os.PathLike,
-    *,
-    metric: str = "test_accuracy",
-    title: str | None = None,
-) -> str:
-    """Plot ``metric`` against the number of labels, one line per strategy.
-
-    Args:
-      runs: ``{strategy: [run_dir or records, ...]}``, or a flat list of run
-        directories / record lists grouped by the strategy named in their records.
-        With several runs per strategy (seeds) the line is the mean and the band ±1
-        standard deviation.
-      path: output image file (PNG by extension).
-      metric: record field on the y axis.
-      title: figure title (default: data set and model when the records say).
-
-    Returns:
-      ``path`` as a string.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if isinstance(runs, Mapping):
-        groups = {name: [_as_records(r) for r in rs] for name, rs in runs.items()}
-    else:
-        groups = group_by_strategy(runs)
-    groups = {k: [r for r in v if r] for k, v in groups.items()}
-    groups = {k: v for k, v in groups.items() if v}
-    if not groups:
-        raise ValueError("runs holds no records to plot")
-
-    fig = Figure(figsize=(6.0, 4.0), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for name in sorted(groups):
-        n, mean, std = curve(groups[name], metric)
-        seeds = len(groups[name])
-        label = name if seeds == 1 else f"{name} (n={seeds} seeds)"
-        (line,) = ax.plot(n, mean, marker="o", markersize=3, label=label)
-        if seeds > 1:
-            ax.fill_between(n, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel("labeled examples")
-    ax.set_ylabel(metric.replace("_", " "))
-    if title is None:
-        first = next(iter(groups.values()))[0][0]
-        bits = [str(first[k]) for k in ("dataset", "model") if k in first]
-        title = " / ".join(bits) if bits else None
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
-    return path
 
 
 # --------------------------------------------------------------------------- grids of runs
@@ -303,26 +238,6 @@ def shared_budgets(curves: Curves, labels: Iterable[str] | None = None) -> list[
     return sorted(set.intersection(*sets)) if sets else []
 
 
-def paired_pvalue(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided paired t-test p-value of ``a`` vs ``b`` (matched by position).
-
-    ``nan`` with fewer than two pairs; when every difference is the same the t
-    statistic is undefined and the p-value is 0 for a nonzero and 1 for a zero
-    difference (the convention of :func:`jaxal.experiment.stats.penalty_matrix`).
-    """
-    from scipy import stats
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples need the same length, got {a.shape} and {b.shape}")
-    if a.size < 2:
-        return float("nan")
-    diff = a - b
-    if np.allclose(diff, diff[0]):
-        return 0.0 if diff[0] != 0 else 1.0
-    return float(stats.ttest_rel(a, b).pvalue)
-
-
 def curve_ci(per_seed: Mapping[int, Mapping[int, float]], level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over seeds and the half-width of its Student-t confidence interval.
 
@@ -384,7 +299,7 @@ class AubcRow(NamedTuple):
       diff, diff_ci: mean paired AUBC difference to the reference over shared seeds
         (``nan`` for the reference itself or without one).
       pvalue: two-sided paired t-test of the per-seed AUBC against the reference's
-        (:func:`paired_pvalue`; ``nan`` when not computable).
+        (:func:`jaxal.experiment.stats.paired_pvalue`; ``nan`` when not computable).
     """
 
     label: str
@@ -443,141 +358,3 @@ def aubc_rows(
         rows.append(AubcRow(label, len(per_seed[label]), m, h, tm, th, diff, diff_h, p))
     rows.sort(key=lambda r: (-r.aubc, r.label))
     return rows, budgets
-
-
-# --------------------------------------------------------------------------- grid plots
-
-
-def _colours(labels: Iterable[str]) -> dict[str, Any]:
-    """One stable colour per label (sorted order through tab10 / tab20)."""
-    from matplotlib import colormaps
-
-    labels = sorted(labels)
-    cmap = colormaps["tab10" if len(labels) <= 10 else "tab20"]
-    return {lab: cmap(i % cmap.N) for i, lab in enumerate(labels)}
-
-
-def _new_figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=120)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    return path
-
-
-def _legend_outside(ax: Any) -> None:
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
-
-
-def plot_curves_ci(
-    curves: Curves,
-    path: str | os.PathLike,
-    *,
-    reference: str | None = "random",
-    ylabel: str = "test accuracy",
-    title: str | None = None,
-    level: float = 0.95,
-) -> str:
-    """Learning curves: mean over seeds with a ``level`` Student-t band, one line per label.
-
-    The reference (random) is drawn dashed black. Returns ``path``.
-    """
-    if not curves:
-        raise ValueError("curves is empty: nothing to plot")
-    colours = _colours(curves)
-    fig = _new_figure(7.0, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    for label in sorted(curves, key=lambda lab: (lab != reference, lab)):
-        n, mean, half = curve_ci(curves[label], level)
-        is_ref = label == reference
-        colour = "black" if is_ref else colours[label]
-        ax.plot(n, mean, marker="o", markersize=2.5, color=colour, linestyle="--" if is_ref else "-",
-                label=f"{label} ({len(curves[label])} seeds)")
-        ax.fill_between(n, mean - half, mean + half, color=colour, alpha=0.15, linewidth=0)
-    ax.set_xlabel("labeled examples")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title or f"learning curves, mean and {level:.0%} CI over seeds")
-    ax.grid(alpha=0.3)
-    _legend_outside(ax)
-    return _save(fig, path)
-
-
-def plot_differences(
-    curves: Curves,
-    path: str | os.PathLike,
-    *,
-    reference: str = "random",
-    title: str | None = None,
-    level: float = 0.95,
-) -> str:
-    """Accuracy minus the reference's (paired per seed), mean and ``level`` CI band.
-
-    The look-ahead paper's Figure 2 style; zero is the reference. Returns ``path``.
-    """
-    diffs = difference_curves(curves, reference, level)
-    if not diffs:
-        raise ValueError(f"no label shares a seed with the reference {reference!r}: nothing to plot")
-    colours = _colours(curves)
-    fig = _new_figure(7.0, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.axhline(0.0, color="black", linestyle="--", linewidth=1, label=reference)
-    for label in sorted(diffs):
-        n, mean, half = diffs[label]
-        ax.plot(n, mean, marker="o", markersize=2.5, color=colours[label], label=label)
-        ax.fill_between(n, mean - half, mean + half, color=colours[label], alpha=0.15, linewidth=0)
-    ax.set_xlabel("labeled examples")
-    ax.set_ylabel(f"accuracy − {reference}")
-    ax.set_title(title or f"difference to {reference}, paired over seeds, mean and {level:.0%} CI")
-    ax.grid(alpha=0.3)
-    _legend_outside(ax)
-    return _save(fig, path)
-
-
-def plot_penalty(pm: Any, path: str | os.PathLike, *, title: str | None = None) -> str:
-    """Heatmap of a :class:`jaxal.experiment.stats.PenaltyMatrix` with its column means below.
-
-    Cell ``(i, j)``: the fraction of budgets at which row ``i`` is significantly more
-    accurate than column ``j``. The bottom strip shows each column's mean (how often
-    that strategy is beaten; lower is better). Returns ``path``.
-    """
-    k = len(pm.strategies)
-    mat = np.asarray(pm.matrix, dtype=float)
-    if mat.shape != (k, k):
-        raise ValueError(f"penalty matrix of shape {mat.shape} does not match {k} strategies")
-    size = 1.6 + 0.55 * k
-    fig = _new_figure(size + 1.2, size + 0.9)
-    grid = fig.add_gridspec(2, 2, height_ratios=[k, 1.0], width_ratios=[20, 1], hspace=0.08, wspace=0.05)
-    ax = fig.add_subplot(grid[0, 0])
-    ax_mean = fig.add_subplot(grid[1, 0], sharex=ax)
-    cax = fig.add_subplot(grid[:, 1])
-    im = ax.imshow(mat, cmap="Reds", vmin=0.0, vmax=1.0, aspect="auto")
-    ax_mean.imshow(np.asarray(pm.column_means, dtype=float)[None, :], cmap="Reds", vmin=0.0, vmax=1.0, aspect="auto")
-    small = "x-small" if k > 8 else "small"
-    for i in range(k):
-        for j in range(k):
-            if i != j:
-                ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=small,
-                        color="white" if mat[i, j] > 0.6 else "black")
-    for j, v in enumerate(pm.column_means):
-        ax_mean.text(j, 0, f"{v:.2f}", ha="center", va="center", fontsize=small, color="white" if v > 0.6 else "black")
-    ax.set_yticks(range(k), pm.strategies, fontsize=small)
-    ax.tick_params(labelbottom=False)
-    ax_mean.set_xticks(range(k), pm.strategies, rotation=45, ha="right", fontsize=small)
-    ax_mean.set_yticks([0], ["column mean"], fontsize=small)
-    ax.set_ylabel("row wins against column")
-    fig.colorbar(im, cax=cax)
-    budgets = ", ".join(str(b) for b in pm.budgets)
-    ax.set_title(title or f"penalty matrix (paired t-test, budgets {budgets})", fontsize="medium")
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    return path

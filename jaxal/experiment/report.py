@@ -15,8 +15,8 @@ writes into one directory:
 
 Without a ``random`` arm the difference curves, the p-values and the penalty matrix
 are skipped (the penalty budgets are defined by random's saturation) and the summary
-says so. The numbers come from :mod:`jaxal.experiment.records` and :mod:`jaxal.experiment.stats`; this
-module only formats and writes.
+says so. The numbers come from :mod:`jaxal.experiment.records` and :mod:`jaxal.experiment.stats`,
+the figures from :mod:`jaxal.experiment.plots`; this module only formats and writes.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import math
 import os
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
+from jaxal.experiment import plots
 from jaxal.experiment import records as ev
 from jaxal.experiment.stats import PenaltyMatrix, penalty_matrix
 
@@ -217,15 +218,15 @@ def write_report(
     if short:
         notes.append(f"incomplete runs ({', '.join(short)}): AUBC is taken over the {len(budgets)} rounds every run reached")
     tag = title or f"{meta['dataset']} / {meta['model']}"
-    files = {"curves.png": ev.plot_curves_ci(curves, os.path.join(out_dir, "curves.png"), reference=reference,
-                                             title=f"{tag}: mean and 95% CI over seeds")}
+    files = {"curves.png": plots.plot_curves_ci(curves, os.path.join(out_dir, "curves.png"), reference=reference,
+                                                title=f"{tag}: mean and 95% CI over seeds")}
     penalty = None
     if reference not in curves:
         notes.append(f"no `{reference}` runs: the difference-to-{reference} curves, the p-values and the penalty "
                      f"matrix (whose budgets end where {reference} saturates) are skipped")
     else:
         if len(curves) > 1:
-            files["diff_to_random.png"] = ev.plot_differences(
+            files["diff_to_random.png"] = plots.plot_differences(
                 curves, os.path.join(out_dir, "diff_to_random.png"), reference=reference,
                 title=f"{tag}: accuracy − {reference}, paired, 95% CI")
         ordered = {r.label: curves[r.label] for r in rows}  # matrix rows in AUBC order
@@ -234,9 +235,9 @@ def write_report(
             notes.append(f"penalty matrix skipped: {why}")
     files["aubc.csv"] = write_aubc_csv(rows, budgets, os.path.join(out_dir, "aubc.csv"))
     if penalty is not None:
-        files["penalty.png"] = ev.plot_penalty(penalty, os.path.join(out_dir, "penalty.png"),
-                                               title=f"{tag}: penalty matrix, budgets "
-                                                     + ", ".join(map(str, penalty.budgets)))
+        files["penalty.png"] = plots.plot_penalty(penalty, os.path.join(out_dir, "penalty.png"),
+                                                  title=f"{tag}: penalty matrix, budgets "
+                                                        + ", ".join(map(str, penalty.budgets)))
         files["penalty.csv"] = write_penalty_csv(penalty, os.path.join(out_dir, "penalty.csv"))
     if min(len(s) for s in meta["seeds"].values()) < 2:
         notes.append("fewer than two seeds for some strategy: no confidence interval or test for it")

@@ -1,8 +1,13 @@
-"""The evaluation the active-learning papers use: AUBC and the pairwise penalty matrix.
+"""The statistics the active-learning papers use: AUBC, confidence intervals, the paired
+t-test and the pairwise penalty matrix.
 
-Results are plain nested mappings, so they can come from jaxal runs or anywhere else::
+Inputs are plain numbers and nested mappings, so they can come from jaxal runs or
+anywhere else::
 
     curves[strategy][seed] = {n_labeled: accuracy, ...}
+
+Reading runs into that form is :mod:`jaxal.experiment.records`' job; drawing them,
+:mod:`jaxal.experiment.plots`'.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from scipy import stats
 
 Curves = Mapping[str, Mapping[int, Mapping[int, float]]]
 
-__all__ = ["aubc", "aubc_trapezoid", "penalty_budgets", "penalty_matrix", "PenaltyMatrix", "mean_ci"]
+__all__ = ["aubc", "aubc_trapezoid", "mean_ci", "paired_pvalue", "penalty_budgets", "penalty_matrix", "PenaltyMatrix"]
 
 
 def aubc(accuracies: Sequence[float]) -> float:
@@ -31,8 +36,9 @@ def aubc(accuracies: Sequence[float]) -> float:
 def aubc_trapezoid(n_labeled: Sequence[float], accuracies: Sequence[float]) -> float:
     """Trapezoid area under accuracy vs. labeled-set size, divided by the budget span.
 
-    This is the normalised form DeepAL+ reports; equals :func:`aubc` when rounds are
-    evenly spaced and the end points are weighted by one half.
+    This is the normalised form DeepAL+ reports. With evenly spaced rounds it is the
+    mean with the two end points weighted by one half, so it differs from :func:`aubc`
+    (the plain mean) by ``(aubc − (a₀ + a_R)/2) / R`` for ``R`` intervals.
     """
     n = np.asarray(n_labeled, dtype=np.float64)
     a = np.asarray(accuracies, dtype=np.float64)
@@ -53,6 +59,25 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]
         return float(v.mean()), 0.0
     half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
     return float(v.mean()), float(half)
+
+
+def paired_pvalue(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided paired t-test p-value of ``a`` vs ``b`` (matched by position).
+
+    The one paired test of the package (AUBC rows and the penalty matrix both use it).
+    ``nan`` with fewer than two pairs. When every difference is the same the t
+    statistic is undefined: the p-value is then 0 for a nonzero difference (as
+    significant as a difference can be) and 1 for a zero one.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples need the same length, got {a.shape} and {b.shape}")
+    if a.size < 2:
+        return float("nan")
+    diff = a - b
+    if np.allclose(diff, diff[0]):
+        return 0.0 if diff[0] != 0 else 1.0
+    return float(stats.ttest_rel(a, b).pvalue)
 
 
 def penalty_budgets(reference: Mapping[int, Mapping[int, float]], initial: int, batch: int, fraction: float = 0.99) -> list[int]:
@@ -114,8 +139,8 @@ def penalty_matrix(
 ) -> PenaltyMatrix:
     """Pairwise penalty matrix over seeds (Ash et al.'s evaluation; a win is a significantly *higher* accuracy).
 
-    At each budget, strategies i and j are compared with a two-sided paired t-test over
-    the seeds they share; i wins when the test rejects at ``alpha`` and i's mean accuracy
+    At each budget, strategies i and j are compared with a two-sided paired t-test
+    (:func:`paired_pvalue`) over the seeds they share; i wins when the test rejects at ``alpha`` and i's mean accuracy
     is higher. Each win adds ``1 / len(budgets)`` to ``matrix[i, j]``.
 
     Args:
@@ -149,13 +174,7 @@ def penalty_matrix(
                     continue
                 xa = np.array([curves[a][s][n] for s in seeds])
                 xb = np.array([curves[b][s][n] for s in seeds])
-                diff = xa - xb
-                if np.allclose(diff, diff[0]):
-                    # Zero variance: the t statistic is undefined; a constant positive
-                    # difference is as significant as a difference can be.
-                    p = 0.0 if diff[0] != 0 else 1.0
-                else:
-                    p = float(stats.ttest_rel(xa, xb).pvalue)
+                p = paired_pvalue(xa, xb)
                 pv[i, j, b_i] = p
                 if p < alpha and xa.mean() > xb.mean():
                     wins[i, j] += 1

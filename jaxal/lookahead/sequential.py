@@ -8,17 +8,29 @@ SGD, no new kernel until the next retrain.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 
-from jaxal.lookahead import core
+from jaxal.lookahead import core, from_model
 from jaxal.lookahead.from_model import init_from_model
 from jaxal.model import Model
 from jaxal.model import num_classes as _num_classes
 from jaxal.validation import check_choice, check_labels, check_nonempty, check_same_length
 
 __all__ = ["Sequential"]
+
+
+def __getattr__(name: str):
+    # 0.1 names that moved to :mod:`jaxal.lookahead.from_model` (this module's
+    # ``init_from_model`` import keeps working without a warning: Sequential uses it).
+    moved = {"kernel_blocks": "kernel_blocks", "KERNELS": "APPROXIMATIONS", "CONTRACTIONS": "CONTRACTIONS"}
+    if name in moved:
+        warnings.warn(f"jaxal.lookahead.sequential.{name} moved to jaxal.lookahead.from_model.{moved[name]} "
+                      "in jaxal 0.2 (the old name goes in 0.3)", DeprecationWarning, stacklevel=2)
+        return getattr(from_model, moved[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Sequential:

@@ -97,7 +97,8 @@ def badge(
     Options:
       bias: include the head-bias gradient block (``False`` = official code).
       first: first centre ``"max_norm"`` (official code) or ``"uniform"`` (thesis).
-      dtype: ``"bfloat16"`` for bf16 copies of the factors (fast path only).
+      dtype: ``"bfloat16"`` for bf16 copies of the k-means++ inputs (the factors on the
+        fast path, the embeddings on the general one).
       fast: use the factored Dense-head path; default ``ctx.model.dense_head``.
     """
     use_fast = ctx.model.dense_head if fast is None else bool(fast)

@@ -252,7 +252,7 @@ def group_scores(
       groups: ``[B, G]`` int indices into ``x_pool``.
       num_classes: ``C`` (the trace kernel of a Dense head is ``C·(h·h' + 1)``).
       subset: ``"head"`` (head parameters) or ``"all"`` (every parameter).
-      method: ``"dual"`` (``(d+1)``-sized eigenproblems; Dense head and ``"last"`` only),
+      method: ``"dual"`` (``(d+1)``-sized eigenproblems; Dense head and ``subset="head"`` only),
         ``"primal"`` (``(|L|+G)``-sized), ``"auto"`` (the smaller).
       spectrum: ``"generic"`` or ``"positive"`` (see above).
       num_selected: how many groups the caller keeps (sets ``k``, see
