@@ -540,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _import_modules(getattr(args, "imports", None) or [])
         return int(args.handler(args) or 0)
-    except ValueError as e:  # bad input: one clear line, no traceback
+    except (ValueError, ImportError) as e:  # bad input or a missing optional extra: one clear line
         print(f"jaxal {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -148,7 +148,13 @@ def _images_to_float(x: np.ndarray) -> np.ndarray:
 
 def _load_tfds(name: str, seed: int = 0, data_dir: str | None = None, max_train: int | None = None,
                max_test: int | None = None, download: bool = True) -> Dataset:
-    import tensorflow_datasets as tfds
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:  # an optional dependency: say how to get it
+        raise ImportError(
+            f"data set {name!r} is read through tensorflow-datasets, which is not installed ({e}); "
+            "install it with: pip install 'jaxal[tfds]'"
+        ) from None
 
     sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=download)
     x_tr, y_tr = _read_records(sources[0], max_train)

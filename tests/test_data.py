@@ -56,6 +56,21 @@ def test_tfds_through_data_source_mock(name, shape):
     np.testing.assert_allclose(d.x_train, (images - mean) / std, rtol=1e-4, atol=1e-4)
 
 
+def test_tfds_missing_says_how_to_install(monkeypatch, capsys, tmp_path):
+    """Without the optional tensorflow-datasets, a TFDS name fails in one line naming the extra."""
+    import sys
+
+    from jaxal.cli import main
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
+    with pytest.raises(ImportError, match=r"jaxal\[tfds\]"):
+        data.load("mnist")
+    assert main(["run", "--dataset", "mnist", "--strategy", "random", "--rounds", "0", "--quiet",
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "jaxal[tfds]" in err and "Traceback" not in err
+
+
 def test_npz_round_trip_and_missing_keys(tmp_path):
     rng = np.random.default_rng(0)
     arrays = dict(

@@ -178,3 +178,19 @@ def test_moved_modules_forward_with_a_deprecation_warning():
         public = [k for k in vars(target) if not k.startswith("_") and callable(getattr(target, k))]
         assert public and all(getattr(mod, k) is getattr(target, k) for k in public), old
     assert np.all([in_layer(n, ("jaxal",)) for new in MOVED.values() for n in new])
+
+
+def test_registering_a_taken_name_fails_but_rerunning_a_definition_replaces_it():
+    import pytest
+
+    source = "def _rerun_me(key, ctx, budget):\n    return list(range(budget))\n"
+    first: dict = {"__name__": "notebook_cell"}
+    exec(source, first)
+    jaxal.register("_rerun_me")(first["_rerun_me"])
+    again: dict = {"__name__": "notebook_cell"}
+    exec(source, again)  # the same cell run a second time: a new function object, same origin
+    jaxal.register("_rerun_me")(again["_rerun_me"])
+    assert jaxal.strategies.get("_rerun_me") is again["_rerun_me"]
+    with pytest.raises(ValueError, match="already registered"):
+        jaxal.register("entropy")(again["_rerun_me"])
+    assert jaxal.strategies.get("entropy").__module__ == "jaxal.strategies.uncertainty"

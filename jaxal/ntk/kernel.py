@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from jaxal.model import Model, embed
 from jaxal.ntk import chunking, taps
 from jaxal.ntk.contract import CONTRACTIONS, output_map
+from jaxal.ntk.engine import Engine
 from jaxal.ntk.jacobian import jacobian_engine
 from jaxal.ntk.ntvp import ntvp_engine
 from jaxal.ntk.params import Subset, split_params
@@ -34,6 +35,78 @@ def _head_only(split, model: Model) -> bool:
     return model.dense_head and all(m == (p[0] == "head") for m, p in zip(split.mask, split.paths))
 
 
+class Plan(NamedTuple):
+    """What every engine builder may use, traced once per (model, subset, contraction, shape).
+
+    Attributes:
+      model, split, contraction: as given to :func:`kernel`.
+      closed: the traced forward pass of one example (a closed jaxpr).
+      leaves: the differentiated parameter leaves.
+      sites: the Dense/Conv layers found in ``closed`` (:func:`jaxal.ntk.taps.find_sites`).
+      out_fn, mode: the output map of ``contraction`` (:func:`jaxal.ntk.contract.output_map`).
+      num_classes: ``C``; cd: outputs per example after the map (1 or ``C``).
+      n_params: number of differentiated scalars; act_size: activation size per example;
+      itemsize: bytes per float.
+    """
+
+    model: Model
+    split: Any
+    contraction: str
+    closed: Any
+    leaves: list
+    sites: list
+    out_fn: Any
+    mode: str
+    num_classes: int
+    cd: int
+    n_params: int
+    act_size: float
+    itemsize: int
+
+
+def _plan(model: Model, split, contraction: str, x_example) -> Plan:
+    out_fn, mode = output_map(contraction)
+    leaves = jax.tree_util.tree_leaves(split.merge(split.selected))
+    closed = trace_model(model, split.treedef, leaves, x_example)
+    num_classes = int(closed.out_avals[0].shape[-1])
+    itemsize = jnp.dtype(closed.out_avals[0].dtype).itemsize
+    cd = 1 if contraction in ("single_logit", "sum_logits") else num_classes
+    sites, act_size = taps.find_sites(closed, len(leaves), split.mask)
+    n_sel = sum(int(np.prod(np.shape(a))) for a in split.selected)
+    return Plan(model, split, contraction, closed, leaves, sites, out_fn, mode, num_classes, cd, n_sel, act_size,
+                itemsize)
+
+
+def _sizes(plan: Plan) -> dict:
+    return dict(cd=plan.cd, n_params=plan.n_params, act_size=plan.act_size, itemsize=plan.itemsize)
+
+
+def _jacobian(plan: Plan) -> Engine:
+    s = plan.split
+    return jacobian_engine(plan.model, s.treedef, s.mask, plan.out_fn, plan.mode, **_sizes(plan))
+
+
+def _ntvp(plan: Plan) -> Engine:
+    s = plan.split
+    return ntvp_engine(plan.model, s.treedef, s.mask, plan.out_fn, plan.mode, **_sizes(plan))
+
+
+def _structured(plan: Plan) -> Engine:
+    s, model = plan.split, plan.model
+    if _head_only(s, model):  # a Dense head alone: the closed form C·(h·h' + 1)
+        d = int(model.params["head"]["kernel"].shape[0])  # dense_head: kernel [d, C]
+        scale = float(plan.num_classes) if plan.contraction == "trace" else 1.0
+        return head_engine(model, s.treedef, s.mask, plan.mode, num_classes=plan.num_classes, scale=scale, d=d,
+                           act_size=plan.act_size, itemsize=plan.itemsize)
+    return structured_engine(plan.closed, plan.sites, plan.act_size, s.mask, plan.out_fn, plan.mode, cd=plan.cd,
+                             leaves=plan.leaves, itemsize=plan.itemsize)
+
+
+#: Every engine builder, one signature: ``builder(plan) -> Engine``. ``"auto"`` takes
+#: ``"structured"`` unless its features would not fit a quarter of the memory bound.
+ENGINES: dict[str, Callable[[Plan], Engine]] = {"jacobian": _jacobian, "ntvp": _ntvp, "structured": _structured}
+
+
 def _build(model: Model, split, contraction: str, implementation: str, x_example, memory_bytes: int, mesh):
     """``(compiled, engine, chosen implementation)``, cached on everything static."""
     key = (
@@ -45,36 +118,11 @@ def _build(model: Model, split, contraction: str, implementation: str, x_example
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    out_fn, mode = output_map(contraction)
-    leaves = jax.tree_util.tree_leaves(split.merge(split.selected))
-    closed = trace_model(model, split.treedef, leaves, x_example)
-    num_classes = int(closed.out_avals[0].shape[-1])
-    itemsize = jnp.dtype(closed.out_avals[0].dtype).itemsize
-    cd = 1 if contraction in ("single_logit", "sum_logits") else num_classes
-    sites, act_size = taps.find_sites(closed, len(leaves), split.mask)
-    n_sel = sum(int(np.prod(np.shape(a))) for a in split.selected)
-    common = dict(cd=cd, n_params=n_sel, act_size=act_size, itemsize=itemsize)
-    args = (model, split.treedef, split.mask, out_fn, mode)
-
-    def structured():
-        if _head_only(split, model):
-            d = int(model.params["head"]["kernel"].shape[0])  # dense_head: kernel [d, C]
-            scale = float(num_classes) if contraction == "trace" else 1.0
-            return head_engine(model, split.treedef, split.mask, mode, num_classes=num_classes, scale=scale,
-                               d=d, act_size=act_size, itemsize=itemsize)
-        return structured_engine(closed, sites, act_size, split.mask, out_fn, mode, cd=cd, leaves=leaves, itemsize=itemsize)
-
-    chosen = implementation
-    if implementation == "jacobian":
-        engine = jacobian_engine(*args, **common)
-    elif implementation == "ntvp":
-        engine = ntvp_engine(*args, **common)
-    else:
-        engine = structured()
-        if implementation == "auto":
-            chosen = "structured"
-            if engine.feature_bytes + engine.pair_bytes > memory_bytes // 4:  # Jacobian-sized: products instead
-                engine, chosen = ntvp_engine(*args, **common), "ntvp"
+    plan = _plan(model, split, contraction, x_example)
+    chosen = "structured" if implementation == "auto" else implementation
+    engine = ENGINES[chosen](plan)
+    if implementation == "auto" and engine.feature_bytes + engine.pair_bytes > memory_bytes // 4:
+        engine, chosen = ENGINES["ntvp"](plan), "ntvp"  # Jacobian-sized: products instead
     compiled = chunking.compile_engine(engine, mesh)
     _CACHE[key] = (compiled, engine, chosen)
     if len(_CACHE) > _CACHE_SIZE:

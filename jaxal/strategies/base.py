@@ -116,12 +116,19 @@ def register(name: str, *, sequential: Callable[..., Any] | None = None,
     names = tuple(getattr(options, "_fields", options)) if options is not None else None
 
     def deco(fn: Strategy) -> Strategy:
-        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
-            raise ValueError(f"strategy {name!r} is already registered")
+        old = _REGISTRY.get(name)
+        if old is not None and old.fn is not fn and _origin(old.fn) != _origin(fn):
+            raise ValueError(f"strategy {name!r} is already registered (by {'.'.join(_origin(old.fn))})")
         _REGISTRY[name] = Entry(name, fn, sequential, names)
         return fn
 
     return deco
+
+
+def _origin(fn: Any) -> tuple[str, str]:
+    # Re-running the same definition (a notebook cell, a reloaded module) replaces the
+    # entry; another function under a taken name is an error.
+    return (getattr(fn, "__module__", "?"), getattr(fn, "__qualname__", repr(fn)))
 
 
 def names() -> list[str]:
