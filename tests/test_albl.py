@@ -1,32 +1,19 @@
 """ALBL: EXP4.P update checked by hand over two rounds, state bookkeeping, mixture law."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from models_for_tests import tiny_mlp
 
 import jaxal
 from jaxal.strategies.albl import ALBLState, exp4p_update
 
 
-class MLP(nn.Module):
-    def setup(self):
-        self.body = nn.Dense(5)
-        self.head = nn.Dense(3)
-
-    def features(self, x):
-        return jnp.tanh(self.body(x))
-
-    def __call__(self, x):
-        return self.head(self.features(x))
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    net = MLP()
     x = np.asarray(jax.random.normal(jax.random.key(0), (24, 4)))
-    model = jaxal.from_linen(net, net.init(jax.random.key(1), x[:1]), head="head")
+    model = tiny_mlp(5, d_in=4)
     y = np.asarray(jax.random.randint(jax.random.key(2), (24,), 0, 3))
     return model, x, y
 

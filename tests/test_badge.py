@@ -1,10 +1,10 @@
 """BADGE: factored distances, k-means++ sampling law, edge cases, registry use."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from models_for_tests import linear_head, tiny_mlp
 from scipy import stats
 
 import jaxal
@@ -18,26 +18,10 @@ from jaxal.ops.kmeanspp import (
 from jaxal.strategies.badge import badge_factors, gradient_embedding
 
 
-class MLP(nn.Module):
-    num_classes: int = 3
-
-    def setup(self):
-        self.body = nn.Dense(6)
-        self.head = nn.Dense(self.num_classes)
-
-    def features(self, x):
-        return jnp.tanh(self.body(x))
-
-    def __call__(self, x):
-        return self.head(self.features(x))
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    net = MLP()
     x = jax.random.normal(jax.random.key(0), (40, 4))
-    variables = net.init(jax.random.key(1), x[:1])
-    return jaxal.from_linen(net, variables, head="head"), np.asarray(x)
+    return tiny_mlp(6, d_in=4), np.asarray(x)
 
 
 def _outer_embeddings(a, h, bias):
@@ -64,9 +48,7 @@ def test_general_path_on_nondense_head_matches_dense_equivalent(tiny):
     # A head written as a plain function is not flagged dense: the grad path must give
     # the same embedding norms as the outer-product formula.
     model, x = tiny
-    plain = jaxal.from_functions(
-        lambda p, xb: model.features(p, xb), lambda p, hb: hb @ p["kernel"] + p["bias"], model.params
-    )
+    plain = jaxal.from_functions(lambda p, xb: model.features(p, xb), linear_head, model.params)
     assert not plain.dense_head
     g = np.asarray(gradient_embedding(plain, x), np.float64)
     a, h = badge_factors(model, x)

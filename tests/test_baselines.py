@@ -1,10 +1,10 @@
 """Coreset, TypiClust, BALD, EGL against brute force / hand computations; registry use."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from models_for_tests import TinyMLP
 
 import jaxal
 from jaxal.strategies.bald import bald_from_probs, bald_scores
@@ -13,24 +13,9 @@ from jaxal.strategies.egl import egl_scores
 from jaxal.strategies.typiclust import typicality, typiclust_select
 
 
-class DropMLP(nn.Module):
-    num_classes: int = 3
-
-    def setup(self):
-        self.body = nn.Dense(8)
-        self.drop = nn.Dropout(0.5)
-        self.head = nn.Dense(self.num_classes)
-
-    def features(self, x, train: bool = False):
-        return self.drop(jnp.tanh(self.body(x)), deterministic=not train)
-
-    def __call__(self, x, train: bool = False):
-        return self.head(self.features(x, train))
-
-
 @pytest.fixture(scope="module")
 def setup():
-    net = DropMLP()
+    net = TinyMLP(8, dropout_rate=0.5)  # tanh features, dropout when train=True
     x = np.asarray(jax.random.normal(jax.random.key(0), (30, 4)))
     variables = net.init(jax.random.key(1), x[:1])
     model = jaxal.from_linen(net, variables, head="head", inference_kwargs={"train": False},

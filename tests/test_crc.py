@@ -3,12 +3,12 @@ per-group ranks on trained (low-rank) features, tie reporting, default group siz
 
 import warnings
 
-import flax.linen as nn
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from models_for_tests import NnxTinyMLP, linear_head, tiny_mlp
 
 import jaxal
 from jaxal import data, models
@@ -26,25 +26,13 @@ def feature_model(d: int, seed: int = 0, dtype=jnp.float32):
     """Identity body (inputs are the features h) and a Dense head with C logits."""
     rng = np.random.default_rng(seed)
     head = {"kernel": jnp.asarray(rng.standard_normal((d, C)), dtype), "bias": jnp.zeros(C, dtype)}
-    return from_functions(lambda p, x: x, lambda p, h: h @ p["kernel"] + p["bias"], {"body": {}, "head": head}, dense_head=True)
-
-
-class TinyMLP(nn.Module):
-    def setup(self):
-        self.hidden = nn.Dense(5)
-        self.head = nn.Dense(C)
-
-    def features(self, x):
-        return jnp.tanh(self.hidden(x))
-
-    def __call__(self, x):
-        return self.head(self.features(x))
+    return from_functions(lambda p, x: x, linear_head, {"body": {}, "head": head}, dense_head=True)
 
 
 def tiny_linen(seed: int = 0):
-    net = TinyMLP()
-    variables = net.init(jax.random.PRNGKey(seed), jnp.ones((1, 4)))
-    return jaxal.from_linen(net, variables)
+    """tanh(Dense(5)) features on 4 inputs, a Dense(C) head; the layer is named 'hidden'
+    as when these tests were written (the name seeds its init)."""
+    return tiny_mlp(5, d_in=4, num_classes=C, seed=seed, body_name="hidden")
 
 
 def reference_score(k: np.ndarray, rtol: float, rank) -> float:
@@ -252,7 +240,8 @@ def test_deprecated_crc_flag_and_kernel_option_still_work():
         configs = _configs(args)
     assert {c.strategy: dict(c.strategy_options) for c in configs} == {"crc": {"group_size": 5}, "entropy": {}}
     model = feature_model(4)
-    x_l, x_pool = np.eye(4)[:2], np.random.default_rng(0).standard_normal((12, 4))
+    x_l = np.eye(4, dtype=np.float32)[:2]
+    x_pool = np.random.default_rng(0).standard_normal((12, 4)).astype(np.float32)
     groups = np.arange(12).reshape(6, 2)
     new, _ = group_scores(model, x_l, x_pool, groups, num_classes=C, subset="all")
     with pytest.warns(DeprecationWarning, match="subset='all'"):
@@ -401,18 +390,7 @@ def test_nnx_mlp_with_40_labels_scores_groups_apart():
     brute force (a single rank over L ∪ the whole pool used to zero every group)."""
     from flax import nnx
 
-    class Net(nnx.Module):
-        def __init__(self, rngs):
-            self.body = nnx.Linear(64, 64, rngs=rngs)
-            self.head = nnx.Linear(64, 10, rngs=rngs)
-
-        def features(self, x):
-            return nnx.relu(self.body(x))
-
-        def __call__(self, x):
-            return self.head(self.features(x))
-
-    model = jaxal.from_nnx(Net(nnx.Rngs(3)))
+    model = jaxal.from_nnx(NnxTinyMLP(64, 64, 10, nnx.Rngs(3)))
     ds = data.load("digits", seed=0)
     x_l, x_pool = ds.x_train[:40], ds.x_train[40:80]
     groups = np.arange(40).reshape(8, 5)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from models_for_tests import NnxTinyMLP, linear_head
 
 import jaxal
 
@@ -74,20 +75,8 @@ def test_model_is_a_pytree_through_jit():
     assert doubled.features is m.features
 
 
-class NNXNet(nnx.Module):
-    def __init__(self, rngs):
-        self.l1 = nnx.Linear(5, 8, rngs=rngs)
-        self.head = nnx.Linear(8, 3, rngs=rngs)
-
-    def features(self, x):
-        return nnx.relu(self.l1(x))
-
-    def __call__(self, x):
-        return self.head(self.features(x))
-
-
 def test_nnx_adapter_matches_module_and_params_flow():
-    net = NNXNet(nnx.Rngs(0))
+    net = NnxTinyMLP(5, 8, 3, nnx.Rngs(0))
     m = jaxal.from_nnx(net)
     x = jax.random.normal(jax.random.key(4), (4, 5))
     np.testing.assert_allclose(m.logits(x), net(x), rtol=1e-6)
@@ -99,12 +88,11 @@ def test_nnx_adapter_matches_module_and_params_flow():
 
 def test_from_functions_and_bad_adapters():
     feats = lambda p, x: x @ p["w"]  # noqa: E731 - key-less features are adapted
-    head = lambda p, h: h @ p["kernel"] + p["bias"]  # noqa: E731
     params = {"body": {"w": jnp.eye(3)}, "head": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
-    m = jaxal.from_functions(feats, head, params, dense_head=True)
+    m = jaxal.from_functions(feats, linear_head, params, dense_head=True)
     np.testing.assert_allclose(m.logits(jnp.eye(3)), np.ones((3, 2)))
     with pytest.raises(ValueError, match="body"):
-        jaxal.from_functions(feats, head, {"w": 1})
+        jaxal.from_functions(feats, linear_head, {"w": 1})
     net, v, _ = _bn_variables()
     with pytest.raises(ValueError, match="head='out'"):
         jaxal.from_linen(net, v, head="out")

@@ -1,10 +1,10 @@
 """SSL trainers: pure pieces against their formulas, and short runs on a toy problem."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from models_for_tests import TinyBNNet
 
 from jaxal.models import MLP
 from jaxal.training import augment as A
@@ -85,26 +85,11 @@ NOISE = (A.gaussian_noise(0.05), A.chain(A.random_scaling(0.9, 1.1), A.gaussian_
 TC = TrainConfig(learning_rate=1e-2, batch_size=8)
 
 
-class _BNNet(nn.Module):
-    """Tiny net with BatchNorm, to check that batch_stats travel (and are EMA'd)."""
-
-    def setup(self):
-        self.dense = nn.Dense(16)
-        self.bn = nn.BatchNorm(use_running_average=None, momentum=0.9)
-        self.head = nn.Dense(3)
-
-    def features(self, x, train=False, dropout=None):
-        return nn.relu(self.bn(self.dense(x), use_running_average=not train))
-
-    def __call__(self, x, train=False):
-        return self.head(self.features(x, train))
-
-
 @pytest.mark.parametrize("trainer", S.SSL_TRAINERS)
 def test_trainers_learn_a_separable_toy(trainer):
     xl, yl, xu, xt, yt = _toy()
     # mean_teacher runs on a BatchNorm net: its statistics must be trained and averaged too
-    module = _BNNet() if trainer == "mean_teacher" else MLP(widths=(16,), num_classes=3)
+    module = TinyBNNet(16) if trainer == "mean_teacher" else MLP(widths=(16,), num_classes=3)
     variables = init_variables(jax.random.key(0), module, xl)
     cfg = S.SSLConfig(steps=120, unlabeled_ratio=2, threshold=0.8, augment=NOISE)
     res, info = S.train_ssl_with_info(jax.random.key(1), module, variables, xl, yl, xu, 3, cfg,

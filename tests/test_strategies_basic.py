@@ -1,33 +1,20 @@
 """Registry, input validation and the uncertainty baselines, checked by hand."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from models_for_tests import tiny_mlp
 
 import jaxal
 from jaxal.strategies import uncertainty
 from jaxal.strategies.base import Query, register
 
 
-class Lin(nn.Module):
-    def setup(self):
-        self.body = nn.Dense(4)
-        self.head = nn.Dense(3)
-
-    def features(self, x):
-        return self.body(x)
-
-    def __call__(self, x):
-        return self.head(self.features(x))
-
-
 @pytest.fixture(scope="module")
 def setup():
-    net = Lin()
     x = jax.random.normal(jax.random.key(0), (30, 5))
-    m = jaxal.from_linen(net, net.init(jax.random.key(1), x))
+    m = tiny_mlp(4, d_in=5, activation=None)  # a linear body
     return m, x
 
 

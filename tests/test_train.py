@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from models_for_tests import TinyBNNet
 
 from jaxal import data, models
 from jaxal.training.train import TrainConfig, epoch_batches, evaluate, init_variables, restart, train
@@ -91,29 +92,10 @@ def test_train_uses_no_batch_of_one():
     assert set(_SEEN_BATCHES) == {9}
 
 
-class _TinyBN(nn.Module):
-    """Dense - BatchNorm - ReLU - dropout features and a Dense head."""
-
-    dropout_rate: float = 0.3
-
-    def setup(self):
-        self.dense = nn.Dense(8)
-        self.bn = nn.BatchNorm(use_running_average=None, momentum=0.9)
-        self.drop = nn.Dropout(self.dropout_rate)
-        self.head = nn.Dense(3)
-
-    def features(self, x, train: bool = False, dropout=None):
-        h = nn.relu(self.bn(self.dense(x), use_running_average=not train))
-        return self.drop(h, deterministic=not (train if dropout is None else dropout))
-
-    def __call__(self, x, train: bool = False):
-        return self.head(self.features(x, train))
-
-
 def test_batchnorm_stats_and_dropout_in_training():
     x = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32) * 2.0 + 3.0
     y = np.arange(12) % 3
-    module = _TinyBN()
+    module = TinyBNNet(8, dropout_rate=0.3)  # Dense - BatchNorm - ReLU - dropout, Dense head
     v0 = init_variables(jax.random.key(0), module, x)
     r = train(jax.random.key(1), module, v0, x, y, 3, TrainConfig(max_epochs=3, batch_size=4, target_accuracy=1.0))
     assert r.epochs == 3 and np.isfinite(r.train_loss)

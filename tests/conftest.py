@@ -1,0 +1,16 @@
+"""pytest set-up shared by every test file.
+
+The shared tiny models live in ``tests/models_for_tests.py``, a plain module the test
+files import (``from models_for_tests import tiny_mlp``), not here: each file calls
+them with its own shapes and seeds, so they are builders rather than fixtures, and a
+``conftest`` is not meant to be imported by name. This file only puts ``tests/`` on
+``sys.path`` so that import works under every import mode: pytest's default
+``prepend`` mode does it already, ``--import-mode=importlib`` does not.
+"""
+
+import pathlib
+import sys
+
+_TESTS = str(pathlib.Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
