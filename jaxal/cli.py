@@ -148,6 +148,9 @@ def add_run(subparsers: Any) -> None:
     g.add_argument("--out", default=None, help="output directory (default: runs/<timestamp>)")
     g.add_argument("--resume", action="store_true", help="continue the runs in --out from their checkpoints")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--compile-cache", default=None, metavar="DIR|off",
+                   help="keep compiled XLA programs in DIR for later runs, or 'off' (default: $JAXAL_COMPILE_CACHE, "
+                   "else ~/.cache/jaxal/xla)")
     p.set_defaults(handler=run_command)
 
 
@@ -539,6 +542,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         _import_modules(getattr(args, "imports", None) or [])
+        if hasattr(args, "compile_cache"):
+            from jaxal.experiment import compile_cache
+
+            directory = compile_cache.resolve(args.compile_cache)
+            if directory is not None:
+                compile_cache.enable(directory)
         return int(args.handler(args) or 0)
     except (ValueError, ImportError) as e:  # bad input or a missing optional extra: one clear line
         print(f"jaxal {args.command}: error: {e}", file=sys.stderr)

@@ -32,8 +32,67 @@ from flax import struct
 Params = Any
 Array = jax.Array
 
-__all__ = ["Model", "from_linen", "from_nnx", "from_functions", "num_classes", "batched", "predict_logits",
+__all__ = ["Model", "Frozen", "LinenFeatures", "LinenHead", "from_linen", "from_nnx", "from_functions", "num_classes", "batched", "predict_logits",
            "predict_probs", "embed"]
+
+
+class Frozen:
+    """Non-trainable collections (BatchNorm statistics) held by a model's functions.
+
+    Compared and hashed by identity (every empty one is equal): the values are baked
+    into compiled programs, so two different statistics must never share one, while
+    models without such state (an MLP) share every compiled program.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Mapping[str, Any]) -> None:
+        self.value = dict(value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Frozen) and (self.value is other.value or (not self.value and not other.value))
+
+    def __hash__(self) -> int:
+        return 0 if not self.value else id(self.value)
+
+
+@struct.dataclass
+class LinenFeatures:
+    """``features(params_body, x, key=None)`` of a linen module, a pytree.
+
+    Compared by value: the module (linen modules compare by value), the method's name,
+    the keyword arguments of a deterministic / a stochastic pass, and the frozen
+    non-trainable collections (:class:`Frozen`, by identity). Two built from equal
+    modules without BatchNorm statistics are equal, so jitted functions taking a
+    :class:`Model` (a static field) compile once per shape, not once per round.
+    """
+
+    module: nn.Module = struct.field(pytree_node=False)
+    method: str = struct.field(pytree_node=False)
+    inference_kwargs: tuple = struct.field(pytree_node=False)
+    stochastic_kwargs: tuple | None = struct.field(pytree_node=False)
+    frozen: Frozen = struct.field(pytree_node=False)
+
+    def __call__(self, params_body: Params, x: Array, key: Array | None = None) -> Array:
+        variables = {"params": params_body, **self.frozen.value}
+        method = getattr(type(self.module), self.method)
+        if key is None or self.stochastic_kwargs is None:
+            return self.module.apply(variables, x, method=method, **dict(self.inference_kwargs))
+        return self.module.apply(variables, x, method=method, rngs={"dropout": key}, **dict(self.stochastic_kwargs))
+
+
+@struct.dataclass
+class LinenHead:
+    """``head(params_head, h)`` of a linen module's head submodule, a pytree (see :class:`LinenFeatures`)."""
+
+    module: nn.Module = struct.field(pytree_node=False)
+    name: str = struct.field(pytree_node=False)
+    frozen: Frozen = struct.field(pytree_node=False)
+
+    def __call__(self, params_head: Params, h: Array) -> Array:
+        name = self.name
+        return self.module.apply({"params": {name: params_head}, **self.frozen.value}, h,
+                                 method=lambda m, hh: getattr(m, name)(hh))
 
 
 @struct.dataclass
@@ -151,22 +210,11 @@ def from_linen(
         raise ValueError(f"module {type(module).__name__} has no method {features!r}")
     body_params = {k: v for k, v in all_params.items() if k != head}
     head_params = all_params[head]
-    frozen = {k: v for k, v in variables.items() if k != "params"}
-    inf_kwargs = dict(inference_kwargs or {})
-    sto_kwargs = None if stochastic_kwargs is None else dict(stochastic_kwargs)
-    method = getattr(type(module), features)
-
-    def features_fn(params_body, x, key=None):
-        vs = {"params": {**params_body, head: head_params}, **frozen}
-        if key is None or sto_kwargs is None:
-            return module.apply(vs, x, method=method, **inf_kwargs)
-        return module.apply(vs, x, method=method, rngs={"dropout": key}, **sto_kwargs)
-
-    def call_head(m, h):
-        return getattr(m, head)(h)
-
-    def head_fn(params_head, h):
-        return module.apply({"params": {**body_params, head: params_head}, **frozen}, h, method=call_head)
+    frozen = Frozen({k: v for k, v in variables.items() if k != "params"})
+    inf_kwargs = tuple(sorted(dict(inference_kwargs or {}).items()))
+    sto_kwargs = None if stochastic_kwargs is None else tuple(sorted(dict(stochastic_kwargs).items()))
+    features_fn = LinenFeatures(module, features, inf_kwargs, sto_kwargs, frozen)
+    head_fn = LinenHead(module, head, frozen)
 
     dense = False
     if _is_dense_params(head_params):

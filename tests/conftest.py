@@ -14,3 +14,9 @@ import sys
 _TESTS = str(pathlib.Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
+
+# Hermetic tests: the command line's persistent compilation cache (on by default for
+# users) stays off unless a test turns it on in its own directory.
+import os  # noqa: E402
+
+os.environ.setdefault("JAXAL_COMPILE_CACHE", "off")
