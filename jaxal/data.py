@@ -29,6 +29,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
+from jaxal.ops.random import permutation
 from jaxal.validation import check_finite, check_labels, check_same_length
 
 __all__ = ["Dataset", "names", "load", "with_copies", "initial_indices", "subsample", "TFDS_NUM_CLASSES"]
@@ -273,7 +274,7 @@ def initial_indices(key: jax.Array, y: Any, size: int, *, balanced: bool = False
         raise ValueError(f"y must be non-empty 1-D labels, got shape {y.shape}")
     size = _check_size(size, y.shape[0])
     if not balanced:
-        return np.sort(np.asarray(jax.random.permutation(key, y.shape[0]))[:size]).astype(np.int64)
+        return np.sort(np.asarray(permutation(key, y.shape[0]))[:size]).astype(np.int64)
     c = int(y.max()) + 1 if num_classes is None else int(num_classes)
     check_labels("y", y, c)
     if size % c != 0:
@@ -284,7 +285,7 @@ def initial_indices(key: jax.Array, y: Any, size: int, *, balanced: bool = False
         members = np.flatnonzero(y == cls)
         if members.size < per_class:
             raise ValueError(f"class {cls} has {members.size} examples, fewer than the {per_class} a balanced set needs")
-        chosen.append(members[np.asarray(jax.random.permutation(k, members.size))[:per_class]])
+        chosen.append(members[np.asarray(permutation(k, members.size))[:per_class]])
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
@@ -297,5 +298,5 @@ def subsample(key: jax.Array, indices: Sequence[int] | np.ndarray, size: int | N
     if size is None or (not isinstance(size, bool) and isinstance(size, (int, np.integer)) and size >= idx.size):
         return idx.copy()
     size = _check_size(size, idx.size)
-    pick = np.asarray(jax.random.permutation(key, idx.size))[:size]
+    pick = np.asarray(permutation(key, idx.size))[:size]
     return np.sort(idx[pick])

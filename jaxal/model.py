@@ -285,12 +285,17 @@ def num_classes(model: Model, x_example: Array) -> int:
 # --------------------------------------------------------------------------- batched prediction
 
 
+def _on_device(x: Any) -> jax.Array:
+    # jax.device_put, not jnp.asarray: the latter compiles a small program per new shape
+    return x if isinstance(x, jax.Array) else jax.device_put(np.asarray(x))
+
+
 def batched(fn, x: Any, batch_size: int = 4096) -> jax.Array:
     """Apply ``fn`` to ``x`` in row chunks (bounded memory) and concatenate."""
     n = int(np.shape(x)[0])
     if n <= batch_size:
-        return fn(jnp.asarray(x))
-    outs = [fn(jnp.asarray(x[i : i + batch_size])) for i in range(0, n, batch_size)]
+        return fn(_on_device(x))
+    outs = [fn(_on_device(x[i : i + batch_size])) for i in range(0, n, batch_size)]
     return jnp.concatenate(outs, axis=0)
 
 

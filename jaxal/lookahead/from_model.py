@@ -8,6 +8,7 @@ infinite-width ReLU NTK (:mod:`jaxal.lookahead.baselines`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -55,9 +56,10 @@ def kernel_blocks(
     check_choice("approximation", approximation, APPROXIMATIONS)
     check_choice("contraction", contraction, CONTRACTIONS)
     n_l = int(np.shape(x_labeled)[0])
-    x = jnp.concatenate([jnp.asarray(x_labeled, jnp.asarray(x_eval).dtype), jnp.asarray(x_eval)], axis=0)
+    dtype = jax.dtypes.canonicalize_dtype(getattr(x_eval, "dtype", None) or np.asarray(x_eval).dtype)
+    x = np.concatenate([np.asarray(x_labeled, dtype), np.asarray(x_eval)], axis=0)  # on the host: no compile
     if approximation == "empirical":
-            k = ntk_kernel(model, x, contraction=contraction, subset=subset, memory_bytes=memory_bytes)
+        k = ntk_kernel(model, x, contraction=contraction, subset=subset, memory_bytes=memory_bytes)
     elif approximation == "infinite":
         widths = mlp_widths(model)
         if depth is not None and depth != len(widths):
@@ -69,8 +71,14 @@ def kernel_blocks(
         k = relu_ntk_standard(x, widths=widths)
     else:
         k = relu_ntk_ntk_param(x, depth=depth if depth is not None else mlp_depth(model))
-    return k[:n_l, :n_l], k[n_l:, :n_l], k[n_l:, n_l:]
+    return _split_blocks(k, n_l)
 
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _split_blocks(k: jax.Array, n_l: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(K_LL, K_SL, K_SS)`` of the joint kernel on ``[L; S]``: one program, not three slices."""
+    return k[:n_l, :n_l], k[n_l:, :n_l], k[n_l:, n_l:]
 
 
 def init_from_model(

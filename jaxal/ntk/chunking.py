@@ -126,7 +126,7 @@ def run(compiled: Compiled, plan: Plan, sel: list, fixed: list, x1: Any, x2: Any
         put1 = lambda a: jax.device_put(a, row)  # noqa: E731
         put2 = lambda a: jax.device_put(a, rep)  # noqa: E731
     else:
-        put1 = put2 = jnp.asarray
+        put1 = put2 = jax.device_put  # no compiled program per shape, unlike jnp.asarray
     x1 = np.asarray(x1)
     n1 = x1.shape[0]
     rows1 = _chunks(n1, plan.b1)
@@ -141,7 +141,7 @@ def run(compiled: Compiled, plan: Plan, sel: list, fixed: list, x1: Any, x2: Any
     rows2 = _chunks(n2, plan.b2)
     if len(rows1) == 1 and len(rows2) == 1:  # one chunk per side: one fused computation
         if same and mesh is None:
-            return compiled.block_same(sel, fixed, jnp.asarray(_pad_rows(x1, plan.b1)))[:n1, :n1]
+            return compiled.block_same(sel, fixed, jax.device_put(_pad_rows(x1, plan.b1)))[:n1, :n1]
         return compiled.block(sel, fixed, put1(_pad_rows(x1, plan.b1)), put2(_pad_rows(x2, plan.b2)))[:n1, :n2]
     feats2 = None
     if len(rows2) == 1:

@@ -97,15 +97,17 @@ def stable_cholesky(a: Array, *, jitter: float | None = None, max_tries: int = 1
     def level(k):
         return jnp.where(k == 0, 0.0, tol * 10.0 ** (k - 1)).astype(a.dtype)
 
+    # The factorisation appears once, in the loop body (k = -1: nothing tried yet), so
+    # XLA compiles one Cholesky, not two (an initial factor outside the loop doubled it).
     def cond(carry):
         k, lc = carry
-        return (k < max_tries) & ~good(lc)
+        return (k < 0) | ((k < max_tries) & ~good(lc))
 
     def body(carry):
         k, _ = carry
         return k + 1, factor(level(k + 1))
 
-    k, lc = jax.lax.while_loop(cond, body, (jnp.asarray(0), factor(level(0))))
+    k, lc = jax.lax.while_loop(cond, body, (jnp.asarray(-1), jnp.full_like(a, jnp.nan)))
     rel = level(k)
     return Cholesky(lc, rel * scale, rel)
 

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxal.ops.random import permutation_batches
 from jaxal.validation import check_choice, check_finite, check_labels, check_nonempty, check_same_length
 
 __all__ = ["TrainConfig", "TrainResult", "init_variables", "scale_head", "train", "evaluate", "restart", "epoch_batches",
@@ -245,8 +246,9 @@ def _chunked(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[jax.Array, 
     xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
     yp = np.concatenate([y, np.zeros(pad, y.dtype)]) if pad else y
     mask = (np.arange(m * b) < n).astype(np.float32)
-    return (jnp.asarray(xp).reshape((m, b) + x.shape[1:]), jnp.asarray(yp).reshape(m, b),
-            jnp.asarray(mask).reshape(m, b))
+    # reshaped and sent on the host side: jnp.asarray/reshape would compile a program per shape
+    return (jax.device_put(xp.reshape((m, b) + x.shape[1:])), jax.device_put(yp.reshape(m, b)),
+            jax.device_put(mask.reshape(m, b)))
 
 
 def _check_xy(x: Any, y: Any, num_classes: int) -> None:
@@ -319,9 +321,10 @@ def train(
     num_classes = int(num_classes)
     x_np = np.asarray(x, dtype=np.float32)
     y_np = np.asarray(y, dtype=np.int32)
-    x_dev, y_dev = jnp.asarray(x_np), jnp.asarray(y_np)
+    x_dev, y_dev = jax.device_put(x_np), jax.device_put(y_np)
     k, b = epoch_batches(n, config.batch_size)
-    out = jax.eval_shape(lambda v, xb: module.apply(v, xb, train=False), variables, x_dev[:1])
+    example = jax.ShapeDtypeStruct((1,) + x_np.shape[1:], jnp.float32)
+    out = jax.eval_shape(lambda v, xb: module.apply(v, xb, train=False), variables, example)
     if out.shape[-1] != num_classes:
         raise ValueError(f"num_classes={num_classes} but the module outputs {out.shape[-1]} logits")
 
@@ -335,7 +338,7 @@ def train(
     acc, loss, epochs = 0.0, float("nan"), 0
     for epochs in range(1, config.max_epochs + 1):
         key, perm_key, epoch_key = jax.random.split(key, 3)
-        batches = jax.random.permutation(perm_key, n)[: k * b].reshape(k, b)
+        batches = permutation_batches(perm_key, n, k, b)
         for i in range(k):
             params, state, opt_state, _ = step(params, state, opt_state, epoch_key, x_dev, y_dev, batches, i)
         correct, total = evaluate_chunks({"params": params, **state}, *chunks)
