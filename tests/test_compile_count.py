@@ -1,0 +1,47 @@
+"""Compilation is paid once: a second identical experiment in the same process compiles
+nothing (every jit cache hits: Model functions compare by value, no program is built
+per call), and a round's shapes do not multiply programs beyond what they need.
+
+Counted with JAX's own monitoring events, never with wall-clock time.
+"""
+
+from __future__ import annotations
+
+import jax
+import pytest
+
+from jaxal.experiment.config import ExperimentConfig
+from jaxal.experiment.loop import run
+from jaxal.training.train import TrainConfig
+
+_COUNT = {"n": 0}
+
+
+def _on_duration(event: str, duration: float, **_: object) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COUNT["n"] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+def compilations(fn) -> int:
+    before = _COUNT["n"]
+    fn()
+    return _COUNT["n"] - before
+
+
+@pytest.mark.parametrize("strategy, options", [
+    ("entropy", {}),
+    ("mlmoc", {"batch": "greedy"}),
+    ("mlmoc", {"sequential": True}),
+])
+def test_a_second_identical_run_compiles_nothing(tmp_path, strategy, options):
+    options = dict(options)
+    sequential = options.pop("sequential", False)
+    config = ExperimentConfig(dataset="digits", model="mlp", model_options={"widths": (16,)}, strategy=strategy,
+                              strategy_options=options, sequential=sequential, initial_size=10, budget=5, rounds=2,
+                              candidates=60, train=TrainConfig(max_epochs=3, loss="squared"), start="warm")
+    assert compilations(lambda: jax.jit(lambda x: x * 3.0 + 1.0)(2.0)) == 1  # the counter sees compiles
+    run(config, str(tmp_path / "a"))
+    assert compilations(lambda: run(config, str(tmp_path / "b"))) == 0
