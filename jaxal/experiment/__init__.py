@@ -8,6 +8,7 @@ Running:
 - :mod:`~jaxal.experiment.checkpoint`: the crash-safe checkpoint format.
 - :mod:`~jaxal.experiment.progress`: the progress bar of a run and of a grid.
 - :mod:`~jaxal.experiment.grid`: a grid of runs (strategies × seeds) sharing one directory.
+- :mod:`~jaxal.experiment.compile_cache`: JAX's persistent compilation cache (on for the CLI).
 
 Reading:
 

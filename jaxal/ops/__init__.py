@@ -5,4 +5,5 @@
 - :mod:`~jaxal.ops.kmeanspp`: k-means++ seeding, dense and factored (BADGE).
 - :mod:`~jaxal.ops.kcenter`: greedy k-center (coreset).
 - :mod:`~jaxal.ops.entropy`: entropies of probability vectors.
+- :mod:`~jaxal.ops.random`: permutations compiled once per size.
 """
