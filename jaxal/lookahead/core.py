@@ -273,6 +273,7 @@ def init(
     *,
     jitter: float | None = None,
     variance_floor: float | None = None,
+    valid_l: Array | None = None,
 ) -> tuple[LookaheadState, LookaheadInfo]:
     """Posterior of the linearised network on ``S`` given the labeled set: one Cholesky.
 
@@ -285,6 +286,11 @@ def init(
       y_l: ``[L]`` int labels.
       jitter: fixed relative jitter for ``K_LL`` (default: smallest that works).
       variance_floor: absolute floor on ``σ²`` (default :func:`default_variance_floor`).
+      valid_l: ``[L]`` bool, the real labeled rows when ``L`` is padded to a bucket
+        (default: all). A padded row is decoupled exactly: its ``K_LL`` row and column
+        become ``m·e_i`` (``m`` the mean diagonal of the real rows, so the jitter search
+        sees the same scale), its ``K_SL`` column and its residual become 0. Then
+        ``K_LL⁻¹`` is block diagonal and the state equals the unpadded one.
 
     Returns:
       ``(state, info)``. Cost ``O(L³ + L²S + S²L)`` for scalar kernels.
@@ -308,9 +314,13 @@ def init(
         zero = jnp.zeros((), dtype)
         mean, cov_flat, jit_abs, jit_rel = f_s.astype(dtype), symmetrize(kss), zero, zero
     else:
-        chol = stable_cholesky(_flatten_blocks(k_ll.astype(dtype)), jitter=jitter)
+        kll = _flatten_blocks(k_ll.astype(dtype))
         ksl = _flatten_blocks(k_sl.astype(dtype))
-        resid = (jax.nn.one_hot(jnp.asarray(y_l), c, dtype=dtype) - f_l.astype(dtype)).reshape(n_l * q, m)
+        resid = jax.nn.one_hot(jnp.asarray(y_l), c, dtype=dtype) - f_l.astype(dtype)
+        if valid_l is not None:
+            kll, ksl, resid = _decouple_padding(kll, ksl, resid, jnp.asarray(valid_l, bool), q)
+        chol = stable_cholesky(kll, jitter=jitter)
+        resid = resid.reshape(n_l * q, m)
         mean = f_s.astype(dtype) + (ksl @ cho_solve(chol, resid)).reshape(n_s, c)
         a = jax.scipy.linalg.solve_triangular(chol.factor, ksl.T, lower=True)
         cov_flat = symmetrize(kss - a.T @ a)
@@ -325,6 +335,15 @@ def init(
     )
     _, clamped, _ = _variance_status(state)
     return state, LookaheadInfo(jit_abs, jit_rel, jnp.sum(clamped), floor)
+
+
+def _decouple_padding(kll: Array, ksl: Array, resid: Array, valid: Array, q: int) -> tuple[Array, Array, Array]:
+    """Padded labeled rows made inert: ``K_LL`` rows/columns ``m·e_i``, ``K_SL`` columns and residuals 0."""
+    v = jnp.repeat(valid, q)  # flattened row index i·q + p
+    diag = jnp.diag(kll)
+    m = jnp.sum(jnp.where(v, diag, 0.0)) / jnp.maximum(jnp.sum(v), 1)
+    kll = jnp.where(v[:, None] & v[None, :], kll, 0.0) + jnp.diag(jnp.where(v, 0.0, m))
+    return kll, jnp.where(v[None, :], ksl, 0.0), jnp.where(valid[:, None], resid, 0.0)
 
 
 def reference(state: LookaheadState) -> Array:

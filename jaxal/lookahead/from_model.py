@@ -12,13 +12,13 @@ import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxal.lookahead import core
 from jaxal.lookahead.baselines import mlp_depth, mlp_input_dim, mlp_widths, relu_ntk_ntk_param, relu_ntk_standard
 from jaxal.model import Model, predict_logits
 from jaxal.ntk import kernel as ntk_kernel
+from jaxal.ops.buckets import bucket
 from jaxal.validation import check_choice
 
 __all__ = ["APPROXIMATIONS", "CONTRACTIONS", "kernel_blocks", "init_from_model"]
@@ -94,16 +94,31 @@ def init_from_model(
     jitter: float | None = None,
     variance_floor: float | None = None,
     memory_bytes: int | None = None,
+    pad_labeled: bool = True,
 ) -> tuple[core.LookaheadState, core.LookaheadInfo]:
-    """Look-ahead state on ``x_eval`` (``[S, ...]``) for a trained model and its labeled set."""
+    """Look-ahead state on ``x_eval`` (``[S, ...]``) for a trained model and its labeled set.
+
+    With ``pad_labeled`` (default) the labeled set is padded to a bucket size
+    (:func:`jaxal.ops.buckets.bucket`) and the padding decoupled exactly
+    (``core.init(valid_l=...)``), so rounds whose ``|L|`` share a bucket share every
+    compiled program; the state equals the unpadded one up to float round-off.
+    """
+    x_labeled, y_labeled = np.asarray(x_labeled), np.asarray(y_labeled, np.int32)
+    n_l = int(x_labeled.shape[0])
+    valid = None
+    if pad_labeled and n_l:
+        size = bucket(n_l)
+        valid = np.arange(size) < n_l
+        x_labeled = np.concatenate([x_labeled, np.zeros((size - n_l,) + x_labeled.shape[1:], x_labeled.dtype)])
+        y_labeled = np.concatenate([y_labeled, np.zeros(size - n_l, np.int32)])
     blocks = kernel_blocks(
         model, x_labeled, x_eval, approximation=approximation, contraction=contraction, subset=subset, depth=depth,
         memory_bytes=memory_bytes,
     )
     f_eval = predict_logits(model, x_eval)
-    f_lab = predict_logits(model, x_labeled) if np.shape(x_labeled)[0] else f_eval[:0]
+    f_lab = predict_logits(model, x_labeled) if x_labeled.shape[0] else f_eval[:0]
     dtype = blocks[0].dtype
     return core.init(
-        *blocks, f_lab.astype(dtype), f_eval.astype(dtype), jnp.asarray(y_labeled, jnp.int32),
-        jitter=jitter, variance_floor=variance_floor,
+        *blocks, f_lab.astype(dtype), f_eval.astype(dtype), jax.device_put(y_labeled),
+        jitter=jitter, variance_floor=variance_floor, valid_l=None if valid is None else jax.device_put(valid),
     )
