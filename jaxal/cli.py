@@ -326,11 +326,12 @@ def run_command(args: argparse.Namespace) -> int:
     show_progress = not args.quiet and console.is_terminal
     results: dict[str, list[list[dict]]] = {}
     dirs: dict[str, list[str]] = {}
+    datasets: dict = {}  # each data set loaded once for all runs
     for c in configs:
         label = label_of(c)
         run_dir = os.path.join(out, label, f"seed{c.seed}")
         t0 = time.perf_counter()
-        records = run(c, run_dir, resume=args.resume, progress=show_progress)
+        records = run(c, run_dir, resume=args.resume, progress=show_progress, datasets=datasets)
         results.setdefault(label, []).append(records)
         dirs.setdefault(label, []).append(run_dir)
         last = records[-1] if records else None

@@ -213,6 +213,25 @@ def with_copies(ds: Dataset, copies: int, copy_noise: float, key: jax.Array) -> 
     return ds._replace(x_train=np.concatenate(blocks), y_train=np.tile(ds.y_train, copies))
 
 
+# Loaders whose data do not depend on ``seed`` (mnist1d builds its canonical set).
+_SEEDLESS = frozenset({"mnist1d"})
+
+
+def load_key(name: str, *, seed: int = 0, data_dir: str | None = None, **options: Any) -> tuple | None:
+    """What decides the arrays :func:`load` returns, as a hashable key (``None`` when an
+    option cannot be hashed): equal keys, equal data. Lets a caller that runs many
+    experiments keep one copy per data set (see ``jaxal.experiment.loop.run``'s
+    ``datasets``); the seed is left out for sets that do not use it, and a ``.npz``
+    file's modification time is put in."""
+    stamp = os.stat(name).st_mtime_ns if str(name).endswith(".npz") and os.path.exists(name) else None
+    key = (name, None if name in _SEEDLESS else int(seed), data_dir, stamp, tuple(sorted(options.items())))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def names() -> list[str]:
     """Names :func:`load` knows (a path ending in ``.npz`` works too)."""
     return sorted(_LOADERS)

@@ -189,3 +189,29 @@ def test_strategy_options_checked_before_training(tmp_path):
     with pytest.raises(ValueError, match="strategy_options.*entropy"):
         run(tiny(strategy="entropy", strategy_options={"no_such_option": 1}), tmp_path, progress=False)
     assert not (tmp_path / "records.jsonl").exists()
+
+
+def test_a_grid_loads_each_data_set_once_and_shares_it_read_only(tmp_path, monkeypatch):
+    """Runs given one ``datasets`` dict load the data once (per seed: digits splits by
+    seed) and get the same read-only arrays; records equal those of separate loads."""
+    data_lib = data
+    calls = []
+    real_load = data_lib.load
+    monkeypatch.setattr(data_lib, "load", lambda *a, **k: calls.append((a, k)) or real_load(*a, **k))
+    datasets: dict = {}
+    cfg = tiny(strategy="random", rounds=1)
+    a = run(cfg, tmp_path / "a", progress=False, datasets=datasets)
+    b = run(dataclasses.replace(cfg, strategy="entropy"), tmp_path / "b", progress=False, datasets=datasets)
+    assert len(calls) == 1 and len(datasets) == 1
+    ds = next(iter(datasets.values()))
+    assert not ds.x_train.flags.writeable
+    with pytest.raises(ValueError):
+        ds.x_train[0, 0] = 1.0
+    run(dataclasses.replace(cfg, seed=1), tmp_path / "c", progress=False, datasets=datasets)
+    assert len(calls) == 2  # another seed, another digits split
+    fresh = run(cfg, tmp_path / "d", progress=False)
+    assert [r["chosen"] for r in fresh] == [r["chosen"] for r in a]
+    assert [r["test_accuracy"] for r in fresh] == [r["test_accuracy"] for r in a]
+    assert b[-1]["n_labeled"] == a[-1]["n_labeled"]
+    assert data_lib.load_key("mnist1d", seed=0) == data_lib.load_key("mnist1d", seed=3)
+    assert data_lib.load_key("digits", seed=0) != data_lib.load_key("digits", seed=3)

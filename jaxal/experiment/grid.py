@@ -154,6 +154,7 @@ def run_grid(
         for c, s in zip(cells, status)
     )
     results: ev.Runs = {}
+    datasets: dict = {}  # each data set loaded once for the whole grid
     runs = len(cells)
     with progress_bar(progress, f"grid 0/{runs} runs", total, completed=completed, unit="rounds", eta=True) as update:
         for k, (cell, st) in enumerate(zip(cells, status)):
@@ -169,7 +170,8 @@ def run_grid(
                     if event == "checkpointed":
                         update(advance=1, status=f"{_name} round {r}")
 
-                records = run(cell.config, cell.run_dir, resume=True, progress=False, on_event=hook)
+                records = run(cell.config, cell.run_dir, resume=True, progress=False, on_event=hook,
+                              datasets=datasets)
             results.setdefault(cell.label, {})[cell.seed] = records
             update(description=f"grid {k + 1}/{runs} runs")
     return results

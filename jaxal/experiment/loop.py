@@ -179,6 +179,21 @@ def _round_key(root: jax.Array, r: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(root, _TAG_ROUND), r)
 
 
+def _dataset(config: ExperimentConfig, datasets: dict | None) -> data_lib.Dataset:
+    """The run's data set, from the caller's ``datasets`` cache when it holds it."""
+    args = dict(seed=config.seed, data_dir=config.data_dir, **dict(config.dataset_options))
+    key = data_lib.load_key(config.dataset, **args) if datasets is not None else None
+    if key is not None and key in datasets:
+        return datasets[key]
+    ds = data_lib.load(config.dataset, **args)
+    if key is not None:
+        for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
+            if isinstance(a, np.ndarray):
+                a.setflags(write=False)  # shared by every run of the grid: nobody may change it
+        datasets[key] = ds
+    return ds
+
+
 def run(
     config: ExperimentConfig,
     out_dir: str | os.PathLike,
@@ -186,6 +201,7 @@ def run(
     resume: bool = False,
     progress: bool = True,
     on_event: Callable[[str, int], None] | None = None,
+    datasets: dict | None = None,
 ) -> list[dict]:
     """Run (or resume) one active-learning experiment and return its round records.
 
@@ -199,6 +215,9 @@ def run(
       on_event: ``on_event(event, round)`` called after each step of a round:
         ``"queried"``, ``"trained"``, ``"recorded"``, ``"checkpointed"`` (tests raise
         from it to simulate a kill at that instant).
+      datasets: a dict the caller owns and passes to every run of a grid: data sets
+        are loaded into it once (keyed by :func:`jaxal.data.load_key`, arrays made
+        read-only) and reused by later runs with the same data. ``None``: load afresh.
 
     Returns:
       The records of rounds ``0..config.rounds``. Each holds ``round, n_labeled,
@@ -216,7 +235,7 @@ def run(
     out_dir = os.fspath(out_dir)
     emit = on_event or (lambda event, r: None)
     restore = _prepare_dir(out_dir, config, resume)
-    ds = data_lib.load(config.dataset, seed=config.seed, data_dir=config.data_dir, **dict(config.dataset_options))
+    ds = _dataset(config, datasets)
     x_train, y_train = np.asarray(ds.x_train), np.asarray(ds.y_train)
     check_sizes(config, int(x_train.shape[0]))
     module = models_lib.create(
