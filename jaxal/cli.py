@@ -338,7 +338,9 @@ def run_command(args: argparse.Namespace) -> int:
         if last is not None:
             console.print(
                 f"  {escape(label):>16} seed {c.seed}: {len(records)} rounds, {last['n_labeled']} labels, "
-                f"test accuracy {last['test_accuracy']:.3f}  ({time.perf_counter() - t0:.1f} s)",
+                f"test accuracy {last['test_accuracy']:.3f}  ({time.perf_counter() - t0:.1f} s, "
+                f"{sum(r.get('train_compile_seconds', 0.0) + r.get('query_compile_seconds', 0.0) for r in records):.1f} s"
+                " of it compiling)",
                 highlight=False,
             )
     table = results_table(results, title=f"test accuracy per round ({c0.dataset}, {c0.model})")

@@ -43,5 +43,17 @@ def test_a_second_identical_run_compiles_nothing(tmp_path, strategy, options):
                               strategy_options=options, sequential=sequential, initial_size=10, budget=5, rounds=2,
                               candidates=60, train=TrainConfig(max_epochs=3, loss="squared"), start="warm")
     assert compilations(lambda: jax.jit(lambda x: x * 3.0 + 1.0)(2.0)) == 1  # the counter sees compiles
-    run(config, str(tmp_path / "a"))
-    assert compilations(lambda: run(config, str(tmp_path / "b"))) == 0
+    first = run(config, str(tmp_path / "a"))
+    records: list = []
+    assert compilations(lambda: records.extend(run(config, str(tmp_path / "b")))) == 0
+    # the records say so too: no compile seconds in any phase of the second run
+    assert all(r["train_compile_seconds"] == 0.0 and r["query_compile_seconds"] == 0.0 for r in records)
+    assert all(0.0 <= r["query_compile_seconds"] <= r["query_seconds"] + 1e-3 for r in first)
+
+
+def test_compile_clock_counts_a_compilation():
+    from jaxal.experiment.compile_clock import compile_seconds
+
+    before = compile_seconds()
+    jax.jit(lambda x: x * 7.0 - 2.0)(1.5).block_until_ready()
+    assert compile_seconds() > before

@@ -9,6 +9,7 @@ Running:
 - :mod:`~jaxal.experiment.progress`: the progress bar of a run and of a grid.
 - :mod:`~jaxal.experiment.grid`: a grid of runs (strategies × seeds) sharing one directory.
 - :mod:`~jaxal.experiment.compile_cache`: JAX's persistent compilation cache (on for the CLI).
+- :mod:`~jaxal.experiment.compile_clock`: seconds spent compiling, recorded apart from run times.
 
 Reading:
 

@@ -42,6 +42,7 @@ from jaxal import data as data_lib
 from jaxal import models as models_lib
 from jaxal import strategies
 from jaxal.experiment import checkpoint as ckpt
+from jaxal.experiment.compile_clock import compile_seconds
 from jaxal.experiment.config import (  # noqa: F401 - START_MODES, NOISES, sequential_strategies: re-exported
     NOISES,
     RESUMABLE_KEYS,
@@ -224,7 +225,9 @@ def run(
       test_accuracy, test_loss, train_accuracy, train_loss, train_epochs,
       reached_target, train_seconds, query_seconds, chosen`` (indices into
       ``x_train``; for round 0 the initial set), ``strategy, seed, dataset, model,
-      info`` (the strategy's diagnostics).
+      info`` (the strategy's diagnostics), and ``train_compile_seconds``,
+      ``query_compile_seconds``: the XLA compilation inside training and the query
+      (:mod:`jaxal.experiment.compile_clock`), so timings compare with compiles apart.
 
     Raises:
       ValueError: bad config (naming the field), a pool too small for the budget, an
@@ -306,7 +309,7 @@ def round_step(env: LoopEnv, state: LoopState, key: jax.Array) -> tuple[LoopStat
     k_candidates, k_query, k_restart, k_train = jax.random.split(key, 4)
     variables, strategy_state = state.variables, state.strategy_state
     info: dict = {}
-    query_seconds = 0.0
+    query_seconds = query_compile = 0.0
     if r == 0:
         chosen = np.asarray(
             data_lib.initial_indices(
@@ -316,9 +319,9 @@ def round_step(env: LoopEnv, state: LoopState, key: jax.Array) -> tuple[LoopStat
             dtype=np.int64,
         )
     else:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), compile_seconds()
         chosen, info, strategy_state = _query(env, state, k_candidates, k_query)
-        query_seconds = time.perf_counter() - t0
+        query_seconds, query_compile = time.perf_counter() - t0, compile_seconds() - c0
         variables = restart(
             k_restart, config.start, env.module, variables, env.x_train[:1],
             lam=config.lam, sigma=config.sigma, noise=config.noise,
@@ -331,7 +334,9 @@ def round_step(env: LoopEnv, state: LoopState, key: jax.Array) -> tuple[LoopStat
     labeled = np.concatenate([state.labeled, chosen]).astype(np.int64)
     env.emit("queried", r)
 
+    c0 = compile_seconds()
     result = _fit(env, k_train, variables, labeled, r)
+    train_compile = compile_seconds() - c0
     test_acc, test_loss = evaluate(
         env.module, result.variables, env.x_test, env.y_test, env.num_classes, config.train.loss
     )
@@ -348,6 +353,8 @@ def round_step(env: LoopEnv, state: LoopState, key: jax.Array) -> tuple[LoopStat
         "reached_target": bool(result.reached_target),
         "train_seconds": float(result.seconds),
         "query_seconds": float(query_seconds),
+        "train_compile_seconds": round(float(train_compile), 4),
+        "query_compile_seconds": round(float(query_compile), 4),
         "chosen": [int(i) for i in chosen],
         "strategy": config.strategy,
         "seed": config.seed,
