@@ -48,8 +48,17 @@ def _save(fig: Any, path: str | os.PathLike) -> str:
     return path
 
 
+def _legend(ax: Any, **kwargs: Any) -> None:
+    """A legend of every labeled line. Handles and labels are passed explicitly because
+    matplotlib silently drops labels starting with ``_`` (a strategy may be named so)."""
+    handles = [h for h in ax.get_lines() + ax.collections if h.get_label() and h.get_label() != "_nolegend_"
+               and not h.get_label().startswith("_child")]
+    if handles:
+        ax.legend(handles, [h.get_label() for h in handles], **kwargs)
+
+
 def _legend_outside(ax: Any) -> None:
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
+    _legend(ax, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
 
 
 def plot_learning_curves(
@@ -100,7 +109,7 @@ def plot_learning_curves(
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    _legend(ax, loc="lower right", fontsize="small")
     fig.tight_layout()
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
