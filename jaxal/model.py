@@ -39,21 +39,27 @@ __all__ = ["Model", "Frozen", "LinenFeatures", "LinenHead", "from_linen", "from_
 class Frozen:
     """Non-trainable collections (BatchNorm statistics) held by a model's functions.
 
-    Compared and hashed by identity (every empty one is equal): the values are baked
-    into compiled programs, so two different statistics must never share one, while
-    models without such state (an MLP) share every compiled program.
+    Compared and hashed by the identity of their arrays (every empty one is equal):
+    the values are baked into compiled programs, so two different statistics never
+    share one, while models without such state (an MLP), or rebuilt around the very
+    same statistics (BatchNorm frozen between rounds), share every compiled program.
+    A ``Frozen`` holds its arrays, so an identity it is compared by is never reused by
+    another array while it lives (e.g. in a jit cache).
     """
 
-    __slots__ = ("value",)
+    __slots__ = ("value", "_leaves", "_treedef")
 
     def __init__(self, value: Mapping[str, Any]) -> None:
         self.value = dict(value)
+        self._leaves, self._treedef = jax.tree_util.tree_flatten(self.value)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Frozen) and (self.value is other.value or (not self.value and not other.value))
+        return (isinstance(other, Frozen) and self._treedef == other._treedef
+                and len(self._leaves) == len(other._leaves)
+                and all(a is b for a, b in zip(self._leaves, other._leaves)))
 
     def __hash__(self) -> int:
-        return 0 if not self.value else id(self.value)
+        return hash((self._treedef, tuple(id(a) for a in self._leaves)))
 
 
 @struct.dataclass

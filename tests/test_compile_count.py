@@ -57,3 +57,26 @@ def test_compile_clock_counts_a_compilation():
     before = compile_seconds()
     jax.jit(lambda x: x * 7.0 - 2.0)(1.5).block_until_ready()
     assert compile_seconds() > before
+
+
+def test_batchnorm_models_share_programs_only_with_the_same_statistics():
+    """Rebuilt around the same BatchNorm arrays, a Model reuses every compiled program;
+    with other statistics it compiles anew and never sees the old constants."""
+    import numpy as np
+
+    from jaxal import models
+    from jaxal.model import predict_logits
+    from models_for_tests import TinyBNNet
+    from jaxal.training.train import init_variables
+
+    net = TinyBNNet(8)
+    x = np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32)
+    v = init_variables(jax.random.key(0), net, x)
+    assert "batch_stats" in v
+    out = predict_logits(models.as_model(net, v), x)
+    again = models.as_model(net, dict(v))  # a new Model, a new dict, the same arrays
+    assert compilations(lambda: predict_logits(again, x).block_until_ready()) == 0
+    shifted = jax.tree_util.tree_map(lambda a: a + 1.0, v["batch_stats"])
+    other = models.as_model(net, {**v, "batch_stats": shifted})
+    assert compilations(lambda: predict_logits(other, x).block_until_ready()) >= 1
+    assert not np.allclose(np.asarray(predict_logits(other, x)), np.asarray(out))
