@@ -242,9 +242,8 @@ def _configs(args: argparse.Namespace) -> list:
         warnings.warn("--crc-group-size is now --option crc.group_size=G (the flag goes in 0.3)",
                       DeprecationWarning, stacklevel=2)
         options.setdefault("crc.group_size", args.crc_group_size)
-    unknown = [n for n in names if n not in strategies.names()]
-    if unknown:
-        strategies.get(unknown[0])  # the registry's error lists the valid names
+    for name in names:
+        strategies.entry(name)  # an unknown name: the registry's error lists the valid ones
     _check_routing(options, names, args.sequential)
     configs = [
         dataclasses.replace(base, strategy=s, seed=k, strategy_options=_options_for(s, options, args.sequential))

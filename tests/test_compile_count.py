@@ -52,11 +52,14 @@ def test_a_second_identical_run_compiles_nothing(tmp_path, strategy, options):
 
 
 def test_compile_clock_counts_a_compilation():
-    from jaxal.experiment.compile_clock import compile_seconds
+    from jaxal.experiment import compile_clock
 
-    before = compile_seconds()
-    jax.jit(lambda x: x * 7.0 - 2.0)(1.5).block_until_ready()
-    assert compile_seconds() > before
+    before, count = compile_clock.compile_seconds(), compile_clock.compilations()
+    # this test's own listener counts the same compilation independently
+    seen = compilations(lambda: jax.jit(lambda x: x * 7.0 - 2.0)(1.5).block_until_ready())
+    assert seen == 1
+    assert compile_clock.compile_seconds() > before
+    assert compile_clock.compilations() - count == seen
 
 
 def test_batchnorm_models_share_programs_only_with_the_same_statistics():

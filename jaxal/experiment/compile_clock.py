@@ -17,18 +17,20 @@ import threading
 
 import jax
 
-__all__ = ["compile_seconds", "EVENT"]
+__all__ = ["compile_seconds", "compilations", "EVENT"]
 
 EVENT = "/jax/core/compile/backend_compile_duration"
 
 _lock = threading.Lock()
 _total = [0.0]
+_count = [0]
 
 
 def _on_duration(event: str, duration: float, **_: object) -> None:
     if event == EVENT:
         with _lock:
             _total[0] += float(duration)
+            _count[0] += 1
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_duration)
@@ -38,3 +40,9 @@ def compile_seconds() -> float:
     """Seconds of XLA backend compilation in this process since jaxal was imported."""
     with _lock:
         return _total[0]
+
+
+def compilations() -> int:
+    """Number of XLA backend compilations in this process since jaxal was imported."""
+    with _lock:
+        return _count[0]

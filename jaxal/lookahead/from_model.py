@@ -56,8 +56,10 @@ def kernel_blocks(
     check_choice("approximation", approximation, APPROXIMATIONS)
     check_choice("contraction", contraction, CONTRACTIONS)
     n_l = int(np.shape(x_labeled)[0])
-    dtype = jax.dtypes.canonicalize_dtype(getattr(x_eval, "dtype", None) or np.asarray(x_eval).dtype)
-    x = np.concatenate([np.asarray(x_labeled, dtype), np.asarray(x_eval)], axis=0)  # on the host: no compile
+    # both blocks in x_eval's dtype as JAX would hold it (float64 -> float32 unless x64 is on),
+    # joined on the host: a device concatenate would compile a program per shape
+    dtype = jax.dtypes.canonicalize_dtype(np.asarray(x_eval).dtype)
+    x = np.concatenate([np.asarray(x_labeled, dtype), np.asarray(x_eval, dtype)], axis=0)
     if approximation == "empirical":
         k = ntk_kernel(model, x, contraction=contraction, subset=subset, memory_bytes=memory_bytes)
     elif approximation == "infinite":

@@ -79,11 +79,6 @@ APPROXIMATIONS = tuple(KERNEL_APPROXIMATIONS) + ("sgd",)
 REFERENCES = ("network", "linearised")
 
 
-# The names the registry accepts: the options plus ``kernel``, the 0.1 name of ``approximation``.
-def _accepted() -> tuple[str, ...]:
-    return LookaheadOptions._fields + ("kernel",)
-
-
 class LookaheadOptions(NamedTuple):
     """The options every look-ahead strategy takes (see the module docstring)."""
 
@@ -99,6 +94,10 @@ class LookaheadOptions(NamedTuple):
     jitter: float | None = None
     variance_floor: float | None = None
     chunk_size: int | None = None
+
+
+# The names the registry accepts: the options plus ``kernel``, the 0.1 name of ``approximation``.
+_ACCEPTED_OPTIONS = LookaheadOptions._fields + ("kernel",)
 
 
 def _options(options: dict) -> LookaheadOptions:
@@ -216,25 +215,25 @@ def flip_rate_sequential(key: jax.Array, ctx: Context, budget: int, oracle: Call
     return _sequential_query("flip_rate", key, ctx, budget, oracle, options)
 
 
-@register("mlmoc", sequential=mlmoc_sequential, options=_accepted())
+@register("mlmoc", sequential=mlmoc_sequential, options=_ACCEPTED_OPTIONS)
 def mlmoc(key: jax.Array, ctx: Context, budget: int, **options: Any) -> Query:
     """Maximum linearised model output change under the pseudo-label ``argmax f(x')``: largest first."""
     return _batch_query("mlmoc", key, ctx, budget, options)
 
 
-@register("emoc", sequential=emoc_sequential, options=_accepted())
+@register("emoc", sequential=emoc_sequential, options=_ACCEPTED_OPTIONS)
 def emoc(key: jax.Array, ctx: Context, budget: int, **options: Any) -> Query:
     """Expected model output change over ``y' ~ p(f(x'))``: largest first."""
     return _batch_query("emoc", key, ctx, budget, options)
 
 
-@register("eer", sequential=eer_sequential, options=_accepted())
+@register("eer", sequential=eer_sequential, options=_ACCEPTED_OPTIONS)
 def eer(key: jax.Array, ctx: Context, budget: int, **options: Any) -> Query:
     """Expected error reduction: lowest expected mean entropy of ``p(f⁺_lin)`` over ``S`` first."""
     return _batch_query("eer", key, ctx, budget, options)
 
 
-@register("flip_rate", sequential=flip_rate_sequential, options=_accepted())
+@register("flip_rate", sequential=flip_rate_sequential, options=_ACCEPTED_OPTIONS)
 def flip_rate(key: jax.Array, ctx: Context, budget: int, **options: Any) -> Query:
     """Fraction of ``S`` whose argmax changes under the pseudo-label: largest first."""
     return _batch_query("flip_rate", key, ctx, budget, options)
