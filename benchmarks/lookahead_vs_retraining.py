@@ -55,7 +55,9 @@ Protocol (per width ``w`` and seed):
 
 ``--json`` writes ``speedup_vs_naive``, ``fidelity_cosine_median`` and
 ``fidelity_spearman`` (width 512 or the first width, median over seeds) at the top level,
-and everything else below them.
+``ntk_breakdown`` (the look-ahead query part by part against each part's FLOP or memory
+floor, see :func:`ntk_breakdown`) and ``ntk_total_over_floor``, and everything else
+below them.
 """
 
 from __future__ import annotations
@@ -328,6 +330,94 @@ def ntk_seconds(model, x_l, y_l, x_s, repeats: int) -> tuple[float, float]:
     return first, min(times)
 
 
+def _min_seconds(fn, repeats: int) -> float:
+    """Min over ``repeats`` timed calls, after one untimed call (compiles)."""
+    jax.block_until_ready(fn())
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def gemm_flops_per_second(n: int = 1024, d: int = 1024, repeats: int = 5) -> float:
+    """This machine's float32 matrix-product rate (FLOP/s), the yardstick for the floors."""
+    a = jax.device_put(np.random.default_rng(0).standard_normal((n, d)).astype(np.float32))
+    mm = jax.jit(lambda a: a @ a.T)
+    return 2.0 * n * n * d / _min_seconds(lambda: mm(a), repeats)
+
+
+def copy_bytes_per_second(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's rate for a read-and-write pass over a float32 matrix (bytes/s)."""
+    a = jax.device_put(np.ones((n, n), np.float32))
+    op = jax.jit(lambda a: a * 2.0)
+    return 2.0 * 4 * n * n / _min_seconds(lambda: op(a), repeats)
+
+
+def ntk_breakdown(model, module_widths: tuple[int, ...], x_l, y_l, x_s, repeats: int) -> dict:
+    """Seconds of each part of one look-ahead acquisition (min of ``repeats`` after a
+    compile run) next to its floor: the part's FLOPs at this machine's matrix-product
+    rate, or its unavoidable memory passes at its copy rate, whichever is larger.
+
+    Parts: the joint kernel on ``[L; S]`` (one call, single-logit; FLOPs of the Gram
+    matrices of every layer's inputs and output cotangents, ``2n²(d_in + d_out)`` per
+    Dense layer), the network's outputs on ``L`` and ``S``, ``core.init`` (one
+    Cholesky ``L³/3``, the solve ``S·L²``, the covariance ``K_SS − AᵀA``: ``S²·L``,
+    and a few passes over the ``S×S`` matrix), the MLMOC scores (closed form: one
+    ``S×S`` product with the ``[S, C]`` residuals, ``2S²C``, and passes over ``Σ``), and
+    the host overhead: the end-to-end call minus the parts.
+    """
+    from jaxal.lookahead.from_model import _split_blocks
+    from jaxal.model import predict_logits
+    from jaxal.ops.buckets import bucket
+
+    n_l, n_s = int(x_l.shape[0]), int(x_s.shape[0])
+    c = int(model.logits(x_s[:1]).shape[-1])
+    rows = bucket(n_l)
+    x_lp = np.concatenate([np.asarray(x_l), np.zeros((rows - n_l,) + x_l.shape[1:], np.float32)])
+    x_joint = jax.device_put(np.concatenate([x_lp, np.asarray(x_s)]))
+    n = x_joint.shape[0]
+    y_lp = jax.device_put(np.concatenate([np.asarray(y_l, np.int32), np.zeros(rows - n_l, np.int32)]))
+    valid = jax.device_put(np.arange(rows) < n_l)
+    blocks = _split_blocks(ntk_kernel(model, x_joint, contraction="single_logit"), rows)
+    f_s, f_l = predict_logits(model, x_s), predict_logits(model, x_lp)
+    state, _ = core.init(*blocks, f_l, f_s, y_lp, valid_l=valid)
+
+    seconds = {
+        "kernel": _min_seconds(lambda: ntk_kernel(model, x_joint, contraction="single_logit"), repeats),
+        "outputs": _min_seconds(lambda: (predict_logits(model, x_s), predict_logits(model, x_lp)), repeats),
+        "init": _min_seconds(lambda: core.init(*blocks, f_l, f_s, y_lp, valid_l=valid)[0].cov, repeats),
+        "scores": _min_seconds(lambda: core.scores(state, "mlmoc")[0], repeats),
+    }
+
+    def end_to_end():
+        st, _ = init_from_model(model, x_l, y_l, x_s)
+        return core.scores(st, "mlmoc")[0]
+
+    total = _min_seconds(end_to_end, repeats)
+    seconds["host_overhead"] = max(0.0, total - sum(seconds.values()))
+    flops_rate, bytes_rate = gemm_flops_per_second(), copy_bytes_per_second()
+    dims = [int(np.prod(x_s.shape[1:])), *module_widths, c]
+    kernel_flops = sum(2.0 * n * n * (d_in + d_out) for d_in, d_out in zip(dims[:-1], dims[1:]))
+    ss_pass = 2.0 * 4 * n_s * n_s / bytes_rate  # read and write one S×S float32 matrix
+    floors = {
+        "kernel": max(kernel_flops / flops_rate, 2 * 4 * n * n / bytes_rate),
+        "outputs": 2.0 * (n_s + rows) * sum(a * b for a, b in zip(dims[:-1], dims[1:])) / flops_rate,
+        "init": max((rows**3 / 3 + n_s * rows**2 + n_s * n_s * rows) / flops_rate, 2 * ss_pass),
+        "scores": max(2.0 * n_s * n_s * c / flops_rate, ss_pass),
+        "host_overhead": 0.0,
+    }
+    floor_total = sum(floors.values())
+    return {
+        "n_labeled": n_l, "n_labeled_bucket": rows, "n_eval": n_s,
+        "seconds": seconds, "floor_seconds": floors,
+        "over_floor": {k: (seconds[k] / floors[k] if floors[k] else None) for k in seconds},
+        "total_seconds": total, "floor_total_seconds": floor_total, "total_over_floor": total / floor_total,
+        "machine": {"gemm_gflops": flops_rate / 1e9, "copy_gbytes_per_second": bytes_rate / 1e9},
+    }
+
+
 def run_seed(ds, width: int, seed: int, args, n_cand: int, max_steps: int) -> dict:
     t_start = time.perf_counter()
     rng, module, params, x_l, y_l, x_s = setting(ds, width, seed, args.labeled, args.eval_size)
@@ -371,6 +461,7 @@ def run_seed(ds, width: int, seed: int, args, n_cand: int, max_steps: int) -> di
     fid["residual"] = fidelity(d_true, s_true, None, residual)
     t0 = time.perf_counter()
     first, sec_ntk = ntk_seconds(model, x_l, y_l, x_s, args.repeats)
+    breakdown = ntk_breakdown(model, (width, width), x_l, y_l, x_s, args.repeats)
     phases["ntk_timing"] = time.perf_counter() - t0
     sec_naive = truth["seconds_per_candidate"] * x_s.shape[0]
     ff = truth.pop("fraction_fitted")
@@ -385,6 +476,7 @@ def run_seed(ds, width: int, seed: int, args, n_cand: int, max_steps: int) -> di
         "kernels": info,
         "seconds_per_acquisition": {"naive": sec_naive, "ntk": sec_ntk, "ntk_first_call_with_compile": first},
         "speedup_vs_naive": sec_naive / sec_ntk,
+        "ntk_breakdown": breakdown,
         "seconds_total": time.perf_counter() - t_start,
         "phase_seconds": phases,
         "load_average_end": load_average(),
@@ -584,6 +676,9 @@ def main(argv=None) -> dict:
         "fidelity_norm_ratio_median": main_w["summary"]["ntk"]["norm_ratio_median"]["median"],
         "fraction_fitted_median": main_w["fraction_fitted_median"],
         "headline_width": main_w["width"],
+        # the first seed's look-ahead query, part by part, against each part's floor
+        "ntk_breakdown": main_w["per_seed"][0]["ntk_breakdown"],
+        "ntk_total_over_floor": float(np.median([r["ntk_breakdown"]["total_over_floor"] for r in main_w["per_seed"]])),
         "setting": {"dataset": "mnist1d", "labeled": args.labeled, "eval_size": args.eval_size,
                     "fit_target": args.fit_target, "quick": q, "device": jax.devices()[0].platform,
                     "load_average_start": load_start, "load_average_end": load_average(),
@@ -612,6 +707,10 @@ def print_width(p: dict) -> None:
           f"(naive {np.median([r['seconds_per_acquisition']['naive'] for r in seeds]):.1f} s/acq, "
           f"NTK {np.median([r['seconds_per_acquisition']['ntk'] for r in seeds]):.3f} s/acq), load "
           f"{seeds[-1]['load_average_end']:.1f}")
+    b = seeds[0]["ntk_breakdown"]
+    print("  look-ahead query, seed 0: " + ", ".join(
+        f"{k} {v * 1e3:.1f} ms (floor {b['floor_seconds'][k] * 1e3:.1f})" for k, v in b["seconds"].items())
+        + f"; total {b['total_seconds'] * 1e3:.1f} ms = {b['total_over_floor']:.1f}x its floor")
     print(f"  {'method':<20} {'cos med':>8} {'norm ratio':>10} {'spearman':>9} {'top-10':>7}   (median over seeds "
           f"[min, max])")
     for name in METHODS:

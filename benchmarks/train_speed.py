@@ -14,6 +14,12 @@ stop early on reaching 100%, so the epochs run are reported).
 
 Reports the median seconds per epoch of ``--repeats`` timed runs after one compile run.
 
+Then (first, in a fresh process, so nothing is compiled yet) a whole active-learning
+run: MNIST-1D, the CNN, entropy, 20 rounds of 20 from 20 labels (``--quick``: 4 rounds),
+through :func:`jaxal.experiment.loop.run` with no persistent compilation cache: wall
+time, XLA compilations and the seconds they took (JAX's monitoring events), so the
+share of a run spent compiling is measured where it matters.
+
     python benchmarks/train_speed.py [--quick] [--json PATH]
 """
 
@@ -116,12 +122,41 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def al_run_compile_share(rounds: int, num_samples: int) -> dict:
+    """Wall time and compile time of one ``rounds``-round run (see the module docstring)."""
+    import tempfile
+
+    from jaxal.experiment import compile_clock
+    from jaxal.experiment.config import ExperimentConfig
+    from jaxal.experiment.loop import run
+
+    config = ExperimentConfig(dataset="mnist1d", dataset_options={"num_samples": num_samples}, model="cnn",
+                              strategy="entropy", initial_size=20, budget=20, rounds=rounds, seed=0)
+    c0, s0 = compile_clock.compilations(), compile_clock.compile_seconds()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        records = run(config, os.path.join(out, "run"))
+    wall = time.perf_counter() - t0
+    compile_s = compile_clock.compile_seconds() - s0
+    return {"dataset": "mnist1d", "num_samples": num_samples, "model": "cnn", "strategy": "entropy",
+            "rounds": rounds, "final_labels": int(records[-1]["n_labeled"]), "wall_seconds": wall,
+            "compilations": compile_clock.compilations() - c0, "compile_seconds": compile_s,
+            "compile_fraction": compile_s / wall,
+            "train_seconds": sum(r["train_seconds"] for r in records),
+            "query_seconds": sum(r["query_seconds"] for r in records)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CI-sized run (seconds)")
     ap.add_argument("--json", type=str, default=None, help="write results to this JSON file")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+
+    al = al_run_compile_share(4 if args.quick else 20, 1250 if args.quick else 5000)
+    print(f"active-learning run: {al['rounds']} rounds (to {al['final_labels']} labels), mnist1d/cnn/entropy: "
+          f"{al['wall_seconds']:.1f} s wall, {al['compilations']} compilations taking {al['compile_seconds']:.1f} s "
+          f"({100 * al['compile_fraction']:.0f}%)")
 
     epochs = 3 if args.quick else 10
     sizes = (200,) if args.quick else (200, 1000)
@@ -159,7 +194,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"benchmark": "train_speed", "quick": args.quick, "jax": jax.__version__,
-                       "load_avg": os.getloadavg()[0], "rows": rows}, f, indent=2)
+                       "load_avg": os.getloadavg()[0], "al_run": al, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from jaxal.ops.random import permutation
+from jaxal.ops.random import host_permutation, split
 from jaxal.validation import check_finite, check_labels, check_same_length
 
 __all__ = ["Dataset", "names", "load", "with_copies", "initial_indices", "subsample", "TFDS_NUM_CLASSES"]
@@ -255,6 +255,8 @@ def load(name: str, *, seed: int = 0, data_dir: str | None = None, **options: An
     copy_noise = options.pop("copy_noise", 0.0)
     _check_copies(copies, copy_noise)  # before the (possibly slow) load
     ds = _load(name, seed, data_dir, options)
+    if copies == 1:  # no noise to draw (and no key to make)
+        return ds
     return with_copies(ds, copies, copy_noise, jax.random.fold_in(jax.random.key(int(seed)), _TAG_COPIES))
 
 
@@ -293,18 +295,18 @@ def initial_indices(key: jax.Array, y: Any, size: int, *, balanced: bool = False
         raise ValueError(f"y must be non-empty 1-D labels, got shape {y.shape}")
     size = _check_size(size, y.shape[0])
     if not balanced:
-        return np.sort(np.asarray(permutation(key, y.shape[0]))[:size]).astype(np.int64)
+        return np.sort(host_permutation(key, y.shape[0])[:size]).astype(np.int64)
     c = int(y.max()) + 1 if num_classes is None else int(num_classes)
     check_labels("y", y, c)
     if size % c != 0:
         raise ValueError(f"a balanced initial set needs size divisible by the {c} classes, got size={size}")
     per_class = size // c
     chosen = []
-    for cls, k in zip(range(c), jax.random.split(key, c)):
+    for cls, k in zip(range(c), split(key, c)):
         members = np.flatnonzero(y == cls)
         if members.size < per_class:
             raise ValueError(f"class {cls} has {members.size} examples, fewer than the {per_class} a balanced set needs")
-        chosen.append(members[np.asarray(permutation(k, members.size))[:per_class]])
+        chosen.append(members[host_permutation(k, members.size)[:per_class]])
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
@@ -317,5 +319,5 @@ def subsample(key: jax.Array, indices: Sequence[int] | np.ndarray, size: int | N
     if size is None or (not isinstance(size, bool) and isinstance(size, (int, np.integer)) and size >= idx.size):
         return idx.copy()
     size = _check_size(size, idx.size)
-    pick = np.asarray(permutation(key, idx.size))[:size]
+    pick = host_permutation(key, idx.size)[:size]
     return np.sort(idx[pick])

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxal.ops.buckets import bucket
+
 Params = Any
 Array = jax.Array
 
@@ -296,13 +298,34 @@ def _on_device(x: Any) -> jax.Array:
     return x if isinstance(x, jax.Array) else jax.device_put(np.asarray(x))
 
 
-def batched(fn, x: Any, batch_size: int = 4096) -> jax.Array:
-    """Apply ``fn`` to ``x`` in row chunks (bounded memory) and concatenate."""
+def batched(fn, x: Any, batch_size: int = 4096, *, pad: bool = True) -> jax.Array:
+    """Apply a row-wise ``fn`` to ``x`` in row chunks (bounded memory) and concatenate.
+
+    A chunk shorter than ``batch_size`` (all of a small ``x``, or the last chunk) is
+    zero-padded to its shape bucket (:func:`jaxal.ops.buckets.bucket`) and the padded
+    rows' outputs dropped, so a pool that shrinks every round reuses ``fn``'s compiled
+    program instead of compiling one per size. ``fn`` must treat rows independently
+    (inference-mode networks do). ``pad=False`` calls ``fn`` on the exact chunks (for an
+    ``fn`` that is not compiled).
+    """
     n = int(np.shape(x)[0])
+    call = _padded_call if pad else (lambda f, xb, _: f(_on_device(xb)))
     if n <= batch_size:
-        return fn(_on_device(x))
-    outs = [fn(_on_device(x[i : i + batch_size])) for i in range(0, n, batch_size)]
+        return call(fn, x, batch_size)
+    outs = [call(fn, x[i : i + batch_size], batch_size) for i in range(0, n, batch_size)]
     return jnp.concatenate(outs, axis=0)
+
+
+def _padded_call(fn, x: Any, batch_size: int) -> jax.Array:
+    m = int(np.shape(x)[0])
+    rows = min(bucket(m), max(batch_size, m))
+    if rows == m or isinstance(x, jax.Array):
+        return fn(_on_device(x))
+    xp = np.asarray(x)
+    xp = np.concatenate([xp, np.zeros((rows - m,) + xp.shape[1:], xp.dtype)])
+    out = fn(jax.device_put(xp))
+    # the slice on the host, then back: a device slice would compile a program per size
+    return jax.device_put(np.asarray(out)[:m])
 
 
 @jax.jit
@@ -324,7 +347,12 @@ def predict_logits(model: Model, x: Any, batch_size: int = 4096, key: jax.Array 
 
 def predict_probs(model: Model, x: Any, batch_size: int = 4096) -> jax.Array:
     """Softmax probabilities ``[n, C]`` of ``x``."""
-    return jax.nn.softmax(predict_logits(model, x, batch_size), axis=-1)
+    return _softmax(predict_logits(model, x, batch_size))
+
+
+@jax.jit
+def _softmax(logits: jax.Array) -> jax.Array:
+    return jax.nn.softmax(logits, axis=-1)
 
 
 def embed(model: Model, x: Any, batch_size: int = 4096) -> jax.Array:

@@ -83,3 +83,42 @@ def test_batchnorm_models_share_programs_only_with_the_same_statistics():
     other = models.as_model(net, {**v, "batch_stats": shifted})
     assert compilations(lambda: predict_logits(other, x).block_until_ready()) >= 1
     assert not np.allclose(np.asarray(predict_logits(other, x)), np.asarray(out))
+
+
+@pytest.mark.parametrize("strategy, options, width", [("entropy", {}, 12), ("mlmoc", {"batch": "greedy"}, 13)])
+def test_rounds_in_one_bucket_compile_nothing(tmp_path, strategy, options, width):
+    """Labeled sizes 20, 25, 30 share the bucket of 32 rows: after the first of those
+    rounds, training, prediction and the query compile nothing (a network width no
+    other test uses, so the first round in the bucket compiles here)."""
+    from jaxal.ops.buckets import bucket
+
+    config = ExperimentConfig(dataset="digits", model="mlp", model_options={"widths": (width,)}, strategy=strategy,
+                              strategy_options=options, initial_size=10, budget=5, rounds=4, candidates=50,
+                              train=TrainConfig(max_epochs=2, loss="squared"), start="cold")
+    records = run(config, str(tmp_path / "run"))
+    sizes = [r["n_labeled"] for r in records]
+    assert sizes == [10, 15, 20, 25, 30] and {bucket(n) for n in sizes[2:]} == {32}
+    assert records[2]["train_compile_seconds"] > 0  # a new bucket compiles ...
+    # ... and later rounds in the same bucket reuse every program: training on 25 and 30
+    # labels, and the query of round 4 (made from the 25 labels of round 3; round 3's
+    # query is the first from the bucket of 32, the 20 labels of round 2)
+    assert records[3]["train_compile_seconds"] == 0.0 and records[4]["train_compile_seconds"] == 0.0
+    assert records[4]["query_compile_seconds"] == 0.0
+
+
+def test_pool_prediction_compiles_once_per_bucket():
+    """A pool that shrinks inside one bucket keeps the prediction program, and the
+    padded rows change nothing."""
+    import numpy as np
+
+    from jaxal import models
+    from jaxal.model import predict_logits
+
+    net = models.create("mlp", 3, input_shape=(6,), widths=(10,))
+    x = np.random.default_rng(1).standard_normal((40, 6)).astype(np.float32)
+    model = models.as_model(net, net.init(jax.random.key(0), x[:1]))
+    predict_logits(model, x[:33])  # bucket 64
+    for n in (34, 40, 47, 64):
+        assert compilations(lambda n=n: predict_logits(model, x[:min(n, 40)]).block_until_ready()) == 0
+    direct = np.asarray(net.apply(net.init(jax.random.key(0), x[:1]), x[:37]))
+    np.testing.assert_allclose(np.asarray(predict_logits(model, x[:37])), direct, rtol=1e-5, atol=1e-6)

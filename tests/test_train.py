@@ -8,6 +8,7 @@ import pytest
 from models_for_tests import TinyBNNet
 
 from jaxal import data, models
+from jaxal.ops.buckets import bucket
 from jaxal.training.train import TrainConfig, epoch_batches, evaluate, init_variables, restart, train
 
 
@@ -87,9 +88,65 @@ def test_train_uses_no_batch_of_one():
     module = _Recorder()
     _SEEN_BATCHES.clear()
     v = init_variables(jax.random.key(0), module, x)
-    train(jax.random.key(1), module, v, x, y, 3, TrainConfig(batch_size=8, max_epochs=3))  # n = batch_size + 1
+    train(jax.random.key(1), module, v, x, y, 3, TrainConfig(batch_size=8, max_epochs=3), buckets=False)
     assert _SEEN_BATCHES and all(b >= 2 for b in _SEEN_BATCHES)
-    assert set(_SEEN_BATCHES) == {9}
+    assert set(_SEEN_BATCHES) == {9}  # n = batch_size + 1: the tail is merged, one batch of 9
+    _SEEN_BATCHES.clear()
+    train(jax.random.key(1), module, v, x, y, 3, TrainConfig(batch_size=8, max_epochs=3))
+    assert set(_SEEN_BATCHES) == {bucket(9)}  # the same batch, padded to its bucket
+
+
+def _params_close(a, b, rtol=2e-4, atol=1e-5):
+    for pa, pb in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(pa), np.asarray(pb), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("n,batch_size,loss", [(20, 64, "cross_entropy"), (100, 32, "squared"), (37, 8, "cross_entropy")])
+def test_bucketed_training_equals_exact_shapes(digits, mlp, n, batch_size, loss):
+    # padded rows carry weight 0: the same batches, the same gradients, the same trained network
+    x, y = digits.x_train[:n], digits.y_train[:n]
+    v0 = init_variables(jax.random.key(0), mlp, x)
+    cfg = TrainConfig(max_epochs=5, batch_size=batch_size, loss=loss, target_accuracy=1.0)
+    padded = train(jax.random.key(1), mlp, v0, x, y, 10, cfg)
+    exact = train(jax.random.key(1), mlp, v0, x, y, 10, cfg, buckets=False)
+    assert padded.epochs == exact.epochs == 5
+    _params_close(padded.variables, exact.variables)
+    assert padded.train_loss == pytest.approx(exact.train_loss, rel=1e-4)
+    assert padded.train_accuracy == exact.train_accuracy
+
+
+def test_bucketed_training_compiles_once_per_bucket(digits):
+    from jaxal.experiment import compile_clock
+
+    module = models.create("mlp", 10, input_shape=(64,), widths=(24,))  # a network no other test compiles
+    cfg = TrainConfig(max_epochs=2, batch_size=64)
+    v0 = init_variables(jax.random.key(0), module, digits.x_train[:1])
+    train(jax.random.key(1), module, v0, digits.x_train[:20], digits.y_train[:20], 10, cfg)
+    before = compile_clock.compilations()
+    for n in (21, 25, 30, 32):  # the bucket of 20: 32 rows
+        train(jax.random.key(n), module, v0, digits.x_train[:n], digits.y_train[:n], 10, cfg)
+    assert compile_clock.compilations() == before
+    train(jax.random.key(2), module, v0, digits.x_train[:33], digits.y_train[:33], 10, cfg)
+    assert compile_clock.compilations() > before  # the next bucket compiles its own step
+
+
+def test_batchnorm_in_training_mode_sees_exact_batches():
+    # a batch statistic must never see padded rows: such models train on exact shapes
+    seen = []
+
+    class BNRecorder(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            if train:
+                seen.append(x.shape[0])
+            return nn.Dense(3)(nn.BatchNorm(use_running_average=not train)(x))
+
+    x = np.random.default_rng(0).normal(size=(9, 4)).astype(np.float32)
+    y = np.arange(9) % 3
+    module = BNRecorder()
+    v = init_variables(jax.random.key(0), module, x)
+    train(jax.random.key(1), module, v, x, y, 3, TrainConfig(batch_size=8, max_epochs=2))
+    assert set(seen) == {9}
 
 
 def test_batchnorm_stats_and_dropout_in_training():
@@ -180,3 +237,21 @@ def test_bad_inputs(mlp, digits):
         restart(k, "shrink_perturb", mlp, v, x, noise="uniform")
     with pytest.raises(ValueError, match="loss"):
         evaluate(mlp, v, x, y, 10, loss="hinge")
+
+
+def test_inference_mode_shares_the_step_only_when_training_mode_computes_the_same():
+    from jaxal.training.train import _train_flag_matters
+
+    example = jax.ShapeDtypeStruct((1, 64), jnp.float32)
+
+    def abstract(module):
+        v = init_variables(jax.random.key(0), module, np.zeros((1, 64), np.float32))
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), v)
+
+    plain = models.create("mlp", 10, input_shape=(64,), widths=(16,))
+    dropout = models.create("mlp", 10, input_shape=(64,), widths=(16,), dropout_rate=0.5)
+    assert not _train_flag_matters(plain, abstract(plain), example)
+    assert _train_flag_matters(dropout, abstract(dropout), example)
+    bn = TinyBNNet(8)
+    v = init_variables(jax.random.key(0), bn, np.zeros((1, 5), np.float32))
+    assert _train_flag_matters(bn, v, jax.ShapeDtypeStruct((1, 5), jnp.float32))

@@ -55,6 +55,7 @@ from jaxal.experiment.config import (  # noqa: F401 - START_MODES, NOISES, seque
     validate,
 )
 from jaxal.experiment.progress import progress_bar
+from jaxal.ops.random import split
 from jaxal.strategies.base import as_query, make_context, sequential_mode
 from jaxal.training import augment, ssl
 from jaxal.training.train import TrainResult, evaluate, init_variables, restart, scale_head, train
@@ -306,7 +307,7 @@ def round_step(env: LoopEnv, state: LoopState, key: jax.Array) -> tuple[LoopStat
     """
     config = env.config
     r = state.round + 1
-    k_candidates, k_query, k_restart, k_train = jax.random.split(key, 4)
+    k_candidates, k_query, k_restart, k_train = split(key, 4)
     variables, strategy_state = state.variables, state.strategy_state
     info: dict = {}
     query_seconds = query_compile = 0.0

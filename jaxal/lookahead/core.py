@@ -77,6 +77,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxal.ops.entropy import entropy
 from jaxal.ops.linalg import cho_solve, stable_cholesky, symmetrize
@@ -638,7 +639,7 @@ def best(
 
 
 def _check_budget(state: LookaheadState, budget: int) -> None:
-    if budget < 0 or budget > state.mean.shape[0] - int(jnp.sum(state.queried)):
+    if budget < 0 or budget > state.mean.shape[0] - int(np.sum(np.asarray(state.queried))):
         raise ValueError(f"budget={budget} must be in [0, number of unqueried candidates]")
 
 

@@ -53,7 +53,7 @@ def trace_model(model, treedef, leaves: list, x_example) -> jax.extend.core.Clos
     def fwd(leaves_, x):
         return model.apply(jax.tree_util.tree_unflatten(treedef, leaves_), x)
 
-    return jax.make_jaxpr(fwd)(leaves, jnp.zeros((1,) + tuple(x_example.shape), x_example.dtype))
+    return jax.make_jaxpr(fwd)(leaves, jax.ShapeDtypeStruct((1,) + tuple(x_example.shape), x_example.dtype))
 
 
 def structured_engine(closed, sites: list, act_size: float, mask, out_fn, mode, *, cd: int, leaves: list, itemsize: int) -> Engine:

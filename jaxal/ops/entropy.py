@@ -8,7 +8,9 @@ import jax.numpy as jnp
 __all__ = ["entropy"]
 
 
+@jax.jit
 def entropy(p: jax.Array) -> jax.Array:
-    """``-Σ_c p_c log p_c`` over the last axis (zeros contribute 0, never NaN)."""
+    """``-Σ_c p_c log p_c`` over the last axis (zeros contribute 0, never NaN); one
+    compiled program per shape."""
     safe = jnp.where(p > 0, p, 1.0)
     return -jnp.sum(jnp.where(p > 0, p * jnp.log(safe), 0.0), axis=-1)

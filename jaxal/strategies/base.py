@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxal.model import Model
 from jaxal.model import num_classes as _num_classes
+from jaxal.ops.random import host_rng
 from jaxal.validation import (
     check_budget,
     check_choice,
@@ -262,6 +263,6 @@ def top_k_indices(scores: Any, k: int, key: jax.Array | None = None) -> np.ndarr
     if key is None:
         order = np.argsort(-s, kind="stable")
     else:
-        tie = np.asarray(jax.random.uniform(key, s.shape))
+        tie = host_rng(key).random(s.shape)
         order = np.lexsort((tie, -s))
     return order[:k].astype(np.int64)

@@ -69,6 +69,7 @@ import numpy as np
 
 from jaxal.model import Model, embed
 from jaxal.ntk import kernel as ntk_kernel
+from jaxal.ops.random import host_permutation, split
 from jaxal.ops.spectral import (
     SPECTRA,
     bordered_spectra,
@@ -117,7 +118,7 @@ def random_groups(key: jax.Array, n: int, group_size: int, max_groups: int | Non
     dropped uniformly at random.
     """
     num = n // group_size if max_groups is None else min(n // group_size, max_groups)
-    perm = np.asarray(jax.random.permutation(key, n))
+    perm = host_permutation(key, n)
     return perm[: num * group_size].reshape(num, group_size).astype(np.int64)
 
 
@@ -130,11 +131,11 @@ def class_balanced_groups(
     the rarest class (``min_c n_c // per_class``, at most ``max_groups``).
     """
     labels = np.asarray(labels)
-    keys = jax.random.split(key, num_classes)
+    keys = split(key, num_classes)
     blocks = []
     for c in range(num_classes):
         members = np.flatnonzero(labels == c)
-        blocks.append(members[np.asarray(jax.random.permutation(keys[c], members.shape[0]))])
+        blocks.append(members[host_permutation(keys[c], members.shape[0])])
     num = min(b.shape[0] for b in blocks) // per_class
     if max_groups is not None:
         num = min(num, max_groups)
@@ -393,7 +394,7 @@ def crc(
     subset = _subset(subset, kernel)
     if max_groups is not None:
         max_groups = _check_positive_int("max_groups", max_groups)
-    k_part, k_tie = jax.random.split(key)
+    k_part, k_tie = split(key, 2)
     if (pool_labels is None) != (per_class is None):
         raise ValueError("pool_labels and per_class must be given together (pseudo-AL setting)")
     if per_class is not None:

@@ -68,6 +68,7 @@ from jaxal.lookahead import core
 from jaxal.lookahead.baselines import one_step_sgd_scores
 from jaxal.lookahead.from_model import APPROXIMATIONS as KERNEL_APPROXIMATIONS
 from jaxal.lookahead.from_model import init_from_model
+from jaxal.ops.random import split
 from jaxal.strategies.base import Context, Query, register, top_k_indices
 from jaxal.validation import check_choice
 
@@ -149,7 +150,7 @@ def _info(objective: str, rows: np.ndarray, linfo: core.LookaheadInfo | None, **
 def _batch_query(objective: str, key: jax.Array, ctx: Context, budget: int, options: dict) -> Query:
     """Top-``budget`` or greedy batch of one objective (the body of the four strategies)."""
     o = _options(options)
-    key_eval, key_tie = jax.random.split(key)
+    key_eval, key_tie = split(key, 2)
     rows = _eval_rows(key_eval, int(np.shape(ctx.x_pool)[0]), budget, o.eval_size)
     if o.approximation == "sgd":
         if o.batch != "topk":
@@ -164,7 +165,7 @@ def _batch_query(objective: str, key: jax.Array, ctx: Context, budget: int, opti
         picks, n_clamped = top_k_indices(s, budget, key_tie), int(np.sum(np.asarray(clamped)))
     else:
         picks, _, per_pick = core.greedy_batch(state, budget, objective, o.probability, o.chunk_size)
-        picks, n_clamped = np.asarray(picks), int(per_pick[0])
+        picks, n_clamped = np.asarray(picks), int(np.asarray(per_pick)[0])
     return Query(rows[np.asarray(picks)], _info(objective, rows, linfo, num_clamped=n_clamped,
                                                 approximation=o.approximation, contraction=o.contraction,
                                                 batch=o.batch))
@@ -184,7 +185,7 @@ def _sequential_query(objective: str, key: jax.Array, ctx: Context, budget: int,
     state, linfo = _state(ctx, rows, o)
     picks, labels = [], []
     for _ in range(budget):
-        i = int(jnp.argmax(core.scores(state, objective, o.probability, o.chunk_size)[0]))
+        i = int(np.argmax(np.asarray(core.scores(state, objective, o.probability, o.chunk_size)[0])))
         y = int(oracle(int(rows[i])))
         state = core.add(state, i, y)
         picks.append(i)

@@ -8,6 +8,7 @@ import numpy as np
 
 from jaxal.model import predict_probs
 from jaxal.ops.entropy import entropy as entropy_of
+from jaxal.ops.random import host_rng
 from jaxal.strategies.base import Context, register, top_k_indices
 
 
@@ -15,14 +16,16 @@ from jaxal.strategies.base import Context, register, top_k_indices
 def random(key: jax.Array, ctx: Context, budget: int) -> np.ndarray:
     """Uniformly random distinct pool indices."""
     n = int(np.shape(ctx.x_pool)[0])
-    return np.asarray(jax.random.choice(key, n, (budget,), replace=False))
+    return host_rng(key).choice(n, budget, replace=False).astype(np.int64)
 
 
+@jax.jit
 def least_confidence_scores(probs: jax.Array) -> jax.Array:
     """``1 - max_c p_c``: higher is more uncertain."""
     return 1.0 - jnp.max(probs, axis=-1)
 
 
+@jax.jit
 def margin_scores(probs: jax.Array) -> jax.Array:
     """``-(p_1 - p_2)``, the negated gap between the two most likely classes."""
     top2 = jax.lax.top_k(probs, 2)[0]

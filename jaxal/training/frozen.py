@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 from jaxal.model import Model, batched, from_functions
+from jaxal.ops.random import host_permutation
 from jaxal.validation import check_choice, check_finite, check_labels, check_nonempty, check_same_length
 
 Array = jax.Array
@@ -314,7 +315,7 @@ def train_linear_head(
     n = h.shape[0]
     n_val = int(np.floor(config.val_fraction * n))
     has_val = n_val >= 2 and n - n_val >= 2
-    perm = np.asarray(jax.random.permutation(key, n))
+    perm = host_permutation(key, n)
     tr, va = (perm[n_val:], perm[:n_val]) if has_val else (perm, perm[:1])
     y_dev = jnp.asarray(y_np, jnp.int32)
     head, steps, best_step, best_loss = _adamw_head(
@@ -443,7 +444,7 @@ class EmbeddingCache:
                 h = f["embeddings"]
         else:
             fn = jax.jit(encoder) if jit else encoder
-            h = np.asarray(batched(fn, np.asarray(x), batch_size))
+            h = np.asarray(batched(fn, np.asarray(x), batch_size, pad=jit))
             if h.ndim != 2 or h.shape[0] != np.shape(x)[0]:
                 raise ValueError(f"encoder must map [n, ...] to [n, d]; got {h.shape} for n={np.shape(x)[0]}")
             self.computed += 1

@@ -15,10 +15,19 @@
   the function being trained is exactly the one whose empirical NTK the look-ahead
   computes.
 - Mini-batches: an epoch is ``k ~ round(n / batch_size)`` batches of equal
-  size ``n // k`` from a fresh permutation; the ``n mod k < k`` left-over examples
-  sit out that epoch (a different few each time). So batches are never of size 1
-  (a tiny tail is merged, ``n < batch_size`` is one batch of ``n``) and the jitted
-  step (batch gathered on the device) compiles once per labeled-set size.
+  size ``b = n // k`` from a fresh permutation (drawn on the host from the key); the
+  ``n mod k < k`` left-over examples sit out that epoch (a different few each time).
+  So batches are never of size 1 (a tiny tail is merged, ``n < batch_size`` is one
+  batch of ``n``).
+- Shape buckets: the labeled set is padded to ``bucket(n)`` rows and each batch to
+  ``bucket(b)`` rows (:mod:`jaxal.ops.buckets`); padded rows carry weight 0 and the
+  loss is the weighted mean, so the gradient is the unpadded one and the jitted step
+  compiles once per bucket instead of once per labeled-set size (an active-learning
+  run grows the set every round). Padding is skipped when a batch statistic could
+  see the padded rows: a model with a mutable collection (BatchNorm's
+  ``batch_stats``) trained in training mode gets exact shapes. Dropout masks are
+  drawn for the padded batch shape: the same distribution, other draws than an
+  unpadded batch would get.
 - Restarts: ``cold`` (fresh init), ``warm`` (previous weights), ``shrink_perturb``
   (Ash & Adams 2020): ``theta <- lam * theta + sigma * theta_fresh`` (their code) or
   ``theta <- lam * theta + N(0, sigma^2)`` (the thesis text).
@@ -39,7 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxal.ops.random import permutation_batches
+from jaxal.ops.buckets import bucket
+from jaxal.ops.random import host_rng, split
 from jaxal.validation import check_choice, check_finite, check_labels, check_nonempty, check_same_length
 
 __all__ = ["TrainConfig", "TrainResult", "init_variables", "scale_head", "train", "evaluate", "restart", "epoch_batches",
@@ -148,8 +158,13 @@ def scale_head(variables: Any, scale: float) -> Any:
     params = variables["params"]
     if "head" not in params:
         raise ValueError(f"head_init_scale needs a 'head' submodule; the model's parameters hold {sorted(params)}")
-    head = jax.tree.map(lambda p: p * jnp.asarray(scale, p.dtype), params["head"])
-    return {**variables, "params": {**params, "head": head}}
+    return {**variables, "params": {**params, "head": _scaled(params["head"], np.float32(scale))}}
+
+
+@jax.jit
+def _scaled(tree: Any, scale: jax.Array) -> Any:
+    """Every leaf times ``scale`` (in the leaf's dtype), one program per tree structure."""
+    return jax.tree.map(lambda p: p * scale.astype(p.dtype), tree)
 
 
 @functools.lru_cache(maxsize=64)
@@ -186,34 +201,44 @@ def _split(variables: Mapping[str, Any]) -> tuple[Any, dict]:
 
 @functools.lru_cache(maxsize=64)
 def _step_fn(module: nn.Module, config: TrainConfig, num_classes: int):
-    """The optimiser and a jitted ``step(params, state, opt_state, epoch_key, x [n, ...],
-    y [n], batches [k, b], i) -> (params, state, opt_state, loss)`` on batch ``i``.
+    """The optimiser, its jitted ``init`` and a jitted ``step(params, state, opt_state,
+    key, counter, x [N, ...], y [N], idx [B], w [B]) -> (params, state, opt_state, loss)``
+    on the batch ``x[idx]`` with row weights ``w`` (0 for padded rows).
 
-    The batch is gathered on the device and ``i`` is traced, so the step compiles once
-    per ``(n, k, b)``. A Python loop over ``i`` beats a ``lax.scan`` over the batches
-    on CPU (XLA:CPU runs loop bodies several times slower) and costs nothing on GPU,
-    where dispatch is asynchronous.
+    The batch is gathered on the device and the dropout key is ``fold_in(key,
+    counter)`` inside the program, so the step compiles once per ``(N, B)``. A Python
+    loop over the batches beats a ``lax.scan`` on CPU (XLA:CPU runs loop bodies several
+    times slower) and costs nothing on GPU, where dispatch is asynchronous.
     """
     tx = make_optimizer(config)
 
     @jax.jit
-    def step(params, state, opt_state, epoch_key, x, y, batches, i):
-        idx = batches[i]
+    def step(params, state, opt_state, key, counter, x, y, idx, w):
         xb, yb = x[idx], y[idx]
-        key = jax.random.fold_in(epoch_key, i)
+        key = jax.random.fold_in(key, counter)
         training = not config.inference_mode
         mutable = (list(state) or False) if training else False  # flax returns (out, {}) for an empty list
 
         def loss_of(p):
             out = module.apply({"params": p, **state}, xb, train=training, rngs={"dropout": key}, mutable=mutable)
             logits, new_state = out if mutable else (out, {})
-            return jnp.mean(loss_fn(config.loss, logits, yb, num_classes)), new_state
+            per_example = loss_fn(config.loss, logits, yb, num_classes)
+            return jnp.sum(per_example * w) / jnp.sum(w), new_state
 
         (loss, new_state), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), {**state, **new_state}, opt_state, loss
 
-    return tx, step
+    return tx, _opt_init(config.optimizer, config.learning_rate, config.weight_decay), step
+
+
+@functools.lru_cache(maxsize=64)
+def _opt_init(optimizer: str, learning_rate: float, weight_decay: float):
+    """The jitted optimiser ``init`` (one program per parameter structure), shared by
+    the steps of one optimiser (training and inference-mode retraining differ only in
+    the step)."""
+    config = TrainConfig(optimizer=optimizer, learning_rate=learning_rate, weight_decay=weight_decay)
+    return jax.jit(make_optimizer(config).init)
 
 
 @functools.lru_cache(maxsize=64)
@@ -236,12 +261,15 @@ def _eval_fn(module: nn.Module, loss: str, num_classes: int):
     return run
 
 
-def _chunked(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``x [n, ...]`` zero-padded to ``[m, b, ...]`` with ``b = min(batch_size, n)``,
-    labels ``[m, b]`` and a 0/1 mask ``[m, b]`` marking the real rows."""
+def _chunked(x: np.ndarray, y: np.ndarray, batch_size: int,
+             rows: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``x [n, ...]`` zero-padded to ``[m, b, ...]``, labels ``[m, b]`` and a 0/1 mask
+    ``[m, b]`` marking the real rows. ``b = min(batch_size, rows)`` with ``rows``
+    (default ``bucket(n)``) at least ``n``: sizes in one bucket share a program."""
     n = x.shape[0]
-    b = min(batch_size, n)
-    m = -(-n // b)
+    rows = bucket(n) if rows is None else max(int(rows), n)
+    b = min(batch_size, rows)
+    m = -(-rows // b)
     pad = m * b - n
     xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
     yp = np.concatenate([y, np.zeros(pad, y.dtype)]) if pad else y
@@ -271,8 +299,8 @@ def evaluate(
 ) -> tuple[float, float]:
     """Accuracy and mean loss of ``module`` on ``(x [n, ...], y [n])`` in inference mode.
 
-    Runs over chunks of ``min(batch_size, n)`` rows (the last one padded and masked)
-    inside one jitted call.
+    Runs over chunks of ``min(batch_size, bucket(n))`` rows (padding masked) inside one
+    jitted call, so test sets of sizes in one bucket share the program.
     """
     _check_xy(x, y, num_classes)
     check_choice("loss", loss, LOSSES)
@@ -303,11 +331,15 @@ def train(
     y: Any,
     num_classes: int,
     config: TrainConfig = TrainConfig(),
+    *,
+    buckets: bool = True,
 ) -> TrainResult:
     """Train ``module`` from ``variables`` on ``(x [n, ...], y [n])`` with optax.
 
-    A fresh optimiser state each call. See the module docstring for batching and the
-    stop rule. ``key`` drives the permutations and dropout.
+    A fresh optimiser state each call. See the module docstring for batching, shape
+    buckets and the stop rule. ``key`` drives the permutations and dropout.
+    ``buckets=False`` trains on exact shapes (one compiled step per labeled-set size);
+    the result is the same within float rounding.
     """
     t0 = time.perf_counter()
     _check_xy(x, y, num_classes)
@@ -321,26 +353,42 @@ def train(
     num_classes = int(num_classes)
     x_np = np.asarray(x, dtype=np.float32)
     y_np = np.asarray(y, dtype=np.int32)
-    x_dev, y_dev = jax.device_put(x_np), jax.device_put(y_np)
     k, b = epoch_batches(n, config.batch_size)
     example = jax.ShapeDtypeStruct((1,) + x_np.shape[1:], jnp.float32)
     out = jax.eval_shape(lambda v, xb: module.apply(v, xb, train=False), variables, example)
     if out.shape[-1] != num_classes:
         raise ValueError(f"num_classes={num_classes} but the module outputs {out.shape[-1]} logits")
-
-    # stop-rule and batching fields do not change the compiled step: share its cache entry
-    step_config = dataclasses.replace(config, batch_size=2, max_epochs=1, target_accuracy=1.0, target_loss=None)
-    tx, step = _step_fn(module, step_config, num_classes)
-    evaluate_chunks = _eval_fn(module, config.loss, num_classes)
-    chunks = _chunked(x_np, y_np, 1024)  # on the device once, reused every epoch
     params, state = _split(flax.core.unfreeze(variables))
-    opt_state = tx.init(params)
+    # a batch statistic (BatchNorm in training mode) would see padded rows: exact shapes then
+    pad = buckets and not (state and not config.inference_mode)
+    rows, batch_rows = (bucket(n), bucket(b)) if pad else (n, b)
+    x_dev = jax.device_put(_pad_rows(x_np, rows))
+    y_dev = jax.device_put(_pad_rows(y_np, rows))
+
+    # stop-rule and batching fields do not change the compiled step: share its cache entry;
+    # neither does inference_mode for a network whose training mode computes the same
+    inference_mode = config.inference_mode and _train_flag_matters(
+        module, jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), variables), example)
+    step_config = dataclasses.replace(config, batch_size=2, max_epochs=1, target_accuracy=1.0, target_loss=None,
+                                      inference_mode=inference_mode)
+    tx, init_opt, step = _step_fn(module, step_config, num_classes)
+    evaluate_chunks = _eval_fn(module, config.loss, num_classes)
+    chunks = _chunked(x_np, y_np, 1024, rows=rows)  # on the device once, reused every epoch
+    opt_state = init_opt(params)
+    perm_key, dropout_key = split(key, 2)
+    rng = host_rng(perm_key)
+    weights = np.zeros(batch_rows, np.float32)
+    weights[:b] = 1.0
+    weights = jax.device_put(weights)
     acc, loss, epochs = 0.0, float("nan"), 0
     for epochs in range(1, config.max_epochs + 1):
-        key, perm_key, epoch_key = jax.random.split(key, 3)
-        batches = permutation_batches(perm_key, n, k, b)
+        # a fresh array every epoch: the device may read it after this loop has moved on
+        batches = np.zeros((k, batch_rows), np.int32)
+        batches[:, :b] = rng.permutation(n)[: k * b].reshape(k, b)
         for i in range(k):
-            params, state, opt_state, _ = step(params, state, opt_state, epoch_key, x_dev, y_dev, batches, i)
+            counter = np.int32((epochs - 1) * k + i)
+            params, state, opt_state, _ = step(params, state, opt_state, dropout_key, counter, x_dev, y_dev,
+                                               batches[i], weights)
         correct, total = evaluate_chunks({"params": params, **state}, *chunks)
         acc, loss = float(correct) / n, float(total) / n
         if _reached(acc, loss, config):
@@ -353,6 +401,24 @@ def train(
         seconds=time.perf_counter() - t0,
         reached_target=_reached(acc, loss, config),
     )
+
+
+def _train_flag_matters(module: nn.Module, variables: Any, example: jax.ShapeDtypeStruct) -> bool:
+    """Whether ``train=True`` changes what the network computes (dropout, batch
+    statistics): the two modes' programs compared, traced on shapes only."""
+    if any(k != "params" for k in variables):
+        return True
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+    trained = jax.make_jaxpr(lambda v, x, k: module.apply(v, x, train=True, rngs={"dropout": k}))(
+        variables, example, key)
+    inferred = jax.make_jaxpr(lambda v, x, k: module.apply(v, x, train=False))(variables, example, key)
+    return str(trained) != str(inferred)
+
+
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """``a`` with zero rows appended up to ``rows`` (itself when it has that many)."""
+    extra = rows - a.shape[0]
+    return np.concatenate([a, np.zeros((extra,) + a.shape[1:], a.dtype)]) if extra > 0 else a
 
 
 def _reached(accuracy: float, loss: float, config: TrainConfig) -> bool:
