@@ -21,6 +21,7 @@ look-ahead, trainers, strategies) can use them without importing a higher one.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -35,7 +36,7 @@ Params = Any
 Array = jax.Array
 
 __all__ = ["Model", "Frozen", "LinenFeatures", "LinenHead", "from_linen", "from_nnx", "from_functions", "num_classes", "batched", "predict_logits",
-           "predict_probs", "embed"]
+           "predict_probs", "predict_probs_then", "embed"]
 
 
 class Frozen:
@@ -347,12 +348,25 @@ def predict_logits(model: Model, x: Any, batch_size: int = 4096, key: jax.Array 
 
 def predict_probs(model: Model, x: Any, batch_size: int = 4096) -> jax.Array:
     """Softmax probabilities ``[n, C]`` of ``x``."""
-    return _softmax(predict_logits(model, x, batch_size))
+    return predict_probs_then(model, x, _identity, batch_size)
 
 
-@jax.jit
-def _softmax(logits: jax.Array) -> jax.Array:
-    return jax.nn.softmax(logits, axis=-1)
+def predict_probs_then(model: Model, x: Any, fn: Callable[[jax.Array], jax.Array],
+                       batch_size: int = 4096) -> jax.Array:
+    """``fn(softmax(logits))`` of ``x``, with ``fn`` row-wise (e.g. an uncertainty score
+    ``[b, C] -> [b]``): network, softmax and ``fn`` compiled as one program per chunk
+    bucket, so a pool that shrinks every round compiles nothing new. ``fn`` must be
+    hashable (a module-level function)."""
+    return batched(lambda xb: _probs_then(model, xb, fn), x, batch_size)
+
+
+def _identity(a: jax.Array) -> jax.Array:
+    return a
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _probs_then(model: Model, x: jax.Array, fn: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    return fn(jax.nn.softmax(model.apply(model.params, x, None), axis=-1))
 
 
 def embed(model: Model, x: Any, batch_size: int = 4096) -> jax.Array:

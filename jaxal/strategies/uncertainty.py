@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxal.model import predict_probs
+from jaxal.model import predict_probs_then
 from jaxal.ops.entropy import entropy as entropy_of
 from jaxal.ops.random import host_rng
 from jaxal.strategies.base import Context, register, top_k_indices
@@ -32,6 +32,7 @@ def margin_scores(probs: jax.Array) -> jax.Array:
     return -(top2[..., 0] - top2[..., 1])
 
 
+@jax.jit
 def entropy_scores(probs: jax.Array) -> jax.Array:
     """Predictive entropy ``-sum_c p_c log p_c`` (0 log 0 = 0)."""
     return entropy_of(probs)
@@ -40,16 +41,16 @@ def entropy_scores(probs: jax.Array) -> jax.Array:
 @register("least_confidence")
 def least_confidence(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
     """Top-``budget`` pool points by ``1 - max_c p_c`` (ties broken at random)."""
-    return top_k_indices(least_confidence_scores(predict_probs(ctx.model, ctx.x_pool, batch_size)), budget, key)
+    return top_k_indices(predict_probs_then(ctx.model, ctx.x_pool, least_confidence_scores, batch_size), budget, key)
 
 
 @register("margin")
 def margin(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
     """Top-``budget`` pool points by the smallest gap between the two likeliest classes."""
-    return top_k_indices(margin_scores(predict_probs(ctx.model, ctx.x_pool, batch_size)), budget, key)
+    return top_k_indices(predict_probs_then(ctx.model, ctx.x_pool, margin_scores, batch_size), budget, key)
 
 
 @register("entropy")
 def entropy(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
     """Top-``budget`` pool points by predictive entropy (ties broken at random)."""
-    return top_k_indices(entropy_scores(predict_probs(ctx.model, ctx.x_pool, batch_size)), budget, key)
+    return top_k_indices(predict_probs_then(ctx.model, ctx.x_pool, entropy_scores, batch_size), budget, key)

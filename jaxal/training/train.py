@@ -14,17 +14,18 @@
   uses the running BatchNorm statistics (frozen, never updated) and no dropout, so
   the function being trained is exactly the one whose empirical NTK the look-ahead
   computes.
-- Mini-batches: an epoch is ``k ~ round(n / batch_size)`` batches of equal
-  size ``b = n // k`` from a fresh permutation (drawn on the host from the key); the
-  ``n mod k < k`` left-over examples sit out that epoch (a different few each time).
-  So batches are never of size 1 (a tiny tail is merged, ``n < batch_size`` is one
+- Mini-batches: an epoch is ``k = ceil(n / batch_size)`` batches of equal size
+  ``b = n // k <= batch_size`` from a fresh permutation (drawn on the host from the
+  key); the ``n mod k < k`` left-over examples sit out that epoch (a different few each
+  time). So batches are never of size 1 (no ragged tail; ``n < batch_size`` is one
   batch of ``n``).
-- Shape buckets: the labeled set is padded to ``bucket(n)`` rows and each batch to
-  ``bucket(b)`` rows (:mod:`jaxal.ops.buckets`); padded rows carry weight 0 and the
-  loss is the weighted mean, so the gradient is the unpadded one and the jitted step
-  compiles once per bucket instead of once per labeled-set size (an active-learning
-  run grows the set every round). Padding is skipped when a batch statistic could
-  see the padded rows: a model with a mutable collection (BatchNorm's
+- Shape buckets: each batch is gathered on the host and padded to ``bucket(b)`` rows
+  (:mod:`jaxal.ops.buckets`); padded rows carry weight 0 and the loss is the weighted
+  mean, so the gradient is the unpadded one and the jitted step compiles once per
+  batch bucket instead of once per labeled-set size (an active-learning run grows the
+  set every round; a run from 20 to 420 labels with batches of 64 meets two
+  buckets). The stop rule's inference pass runs chunks of 64 or 256 rows. Padding
+  is skipped when a batch statistic could see the padded rows: a model with a mutable collection (BatchNorm's
   ``batch_stats``) trained in training mode gets exact shapes. Dropout masks are
   drawn for the padded batch shape: the same distribution, other draws than an
   unpadded batch would get.
@@ -202,19 +203,20 @@ def _split(variables: Mapping[str, Any]) -> tuple[Any, dict]:
 @functools.lru_cache(maxsize=64)
 def _step_fn(module: nn.Module, config: TrainConfig, num_classes: int):
     """The optimiser, its jitted ``init`` and a jitted ``step(params, state, opt_state,
-    key, counter, x [N, ...], y [N], idx [B], w [B]) -> (params, state, opt_state, loss)``
-    on the batch ``x[idx]`` with row weights ``w`` (0 for padded rows).
+    key, counter, xb [B, ...], yb [B], w [B]) -> (params, state, opt_state, loss)`` on
+    one batch with row weights ``w`` (0 for padded rows).
 
-    The batch is gathered on the device and the dropout key is ``fold_in(key,
-    counter)`` inside the program, so the step compiles once per ``(N, B)``. A Python
-    loop over the batches beats a ``lax.scan`` on CPU (XLA:CPU runs loop bodies several
-    times slower) and costs nothing on GPU, where dispatch is asynchronous.
+    The batch is gathered on the host (a copy of ``B`` rows, no program) and the dropout
+    key is ``fold_in(key, counter)`` inside the program, so the step compiles once per
+    batch bucket ``B``, whatever the labeled-set size. A Python loop over the batches
+    beats a ``lax.scan`` on CPU (XLA:CPU runs loop bodies several times slower, see
+    ``benchmarks/train_speed.py``) and costs nothing on GPU, where dispatch is
+    asynchronous.
     """
     tx = make_optimizer(config)
 
     @jax.jit
-    def step(params, state, opt_state, key, counter, x, y, idx, w):
-        xb, yb = x[idx], y[idx]
+    def step(params, state, opt_state, key, counter, xb, yb, w):
         key = jax.random.fold_in(key, counter)
         training = not config.inference_mode
         mutable = (list(state) or False) if training else False  # flax returns (out, {}) for an empty list
@@ -264,8 +266,14 @@ def _eval_fn(module: nn.Module, loss: str, num_classes: int):
 def _chunked(x: np.ndarray, y: np.ndarray, batch_size: int,
              rows: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``x [n, ...]`` zero-padded to ``[m, b, ...]``, labels ``[m, b]`` and a 0/1 mask
-    ``[m, b]`` marking the real rows. ``b = min(batch_size, rows)`` with ``rows``
-    (default ``bucket(n)``) at least ``n``: sizes in one bucket share a program."""
+    ``[m, b]`` marking the real rows, on the device. ``b = min(batch_size, rows)`` with
+    ``rows`` (default ``bucket(n)``) at least ``n``: sizes in one bucket share a program."""
+    # reshaped and sent on the host side: jnp.asarray/reshape would compile a program per shape
+    return tuple(jax.device_put(a) for a in _chunked_host(x, y, batch_size, rows))
+
+
+def _chunked_host(x: np.ndarray, y: np.ndarray, batch_size: int,
+                  rows: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = x.shape[0]
     rows = bucket(n) if rows is None else max(int(rows), n)
     b = min(batch_size, rows)
@@ -274,9 +282,19 @@ def _chunked(x: np.ndarray, y: np.ndarray, batch_size: int,
     xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
     yp = np.concatenate([y, np.zeros(pad, y.dtype)]) if pad else y
     mask = (np.arange(m * b) < n).astype(np.float32)
-    # reshaped and sent on the host side: jnp.asarray/reshape would compile a program per shape
-    return (jax.device_put(xp.reshape((m, b) + x.shape[1:])), jax.device_put(yp.reshape(m, b)),
-            jax.device_put(mask.reshape(m, b)))
+    return xp.reshape((m, b) + x.shape[1:]), yp.reshape(m, b), mask.reshape(m, b)
+
+
+def _stop_rule_chunks(x: np.ndarray, y: np.ndarray) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
+    """The labeled set as ``[1, b]`` chunks (``b`` = 64 for up to 64 rows, else 256; the
+    last chunk padded and masked), each sent to the device once: the per-epoch
+    inference pass of the stop rule runs them one by one, so its program has one of
+    two shapes whatever the labeled-set size."""
+    n = x.shape[0]
+    b = 64 if n <= 64 else 256
+    xs, ys, masks = _chunked_host(x, y, b, rows=-(-n // b) * b)
+    return [(jax.device_put(xs[i : i + 1]), jax.device_put(ys[i : i + 1]), jax.device_put(masks[i : i + 1]))
+            for i in range(xs.shape[0])]
 
 
 def _check_xy(x: Any, y: Any, num_classes: int) -> None:
@@ -316,10 +334,12 @@ def evaluate(
 def epoch_batches(n: int, batch_size: int) -> tuple[int, int]:
     """``(k, b)``: batches per epoch and their size for ``n`` examples.
 
-    ``k = max(1, min(round(n / batch_size), n // 2))``, ``b = n // k``; ``b >= 2`` whenever
-    ``n >= 2``, and ``b < 1.5 * batch_size + 1``.
+    ``k = max(1, min(ceil(n / batch_size), n // 2))``, ``b = n // k``: ``b >= 2`` whenever
+    ``n >= 2``; ``b <= batch_size`` (except ``batch_size = 2`` with ``n = 3``: one batch
+    of 3), and ``b >= batch_size // 2`` once ``n >= batch_size``, so a growing labeled set
+    meets at most two batch buckets past ``batch_size`` rows.
     """
-    k = max(1, min(int(np.floor(n / batch_size + 0.5)), n // 2))
+    k = max(1, min(-(-n // batch_size), n // 2))
     return k, n // k
 
 
@@ -361,19 +381,16 @@ def train(
     params, state = _split(flax.core.unfreeze(variables))
     # a batch statistic (BatchNorm in training mode) would see padded rows: exact shapes then
     pad = buckets and not (state and not config.inference_mode)
-    rows, batch_rows = (bucket(n), bucket(b)) if pad else (n, b)
-    x_dev = jax.device_put(_pad_rows(x_np, rows))
-    y_dev = jax.device_put(_pad_rows(y_np, rows))
+    batch_rows = bucket(b) if pad else b
 
     # stop-rule and batching fields do not change the compiled step: share its cache entry;
     # neither does inference_mode for a network whose training mode computes the same
-    inference_mode = config.inference_mode and _train_flag_matters(
-        module, jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), variables), example)
+    inference_mode = config.inference_mode and _train_flag_matters_cached(module, _signature(variables), example)
     step_config = dataclasses.replace(config, batch_size=2, max_epochs=1, target_accuracy=1.0, target_loss=None,
                                       inference_mode=inference_mode)
     tx, init_opt, step = _step_fn(module, step_config, num_classes)
     evaluate_chunks = _eval_fn(module, config.loss, num_classes)
-    chunks = _chunked(x_np, y_np, 1024, rows=rows)  # on the device once, reused every epoch
+    chunks = _stop_rule_chunks(x_np, y_np)  # on the device once, reused every epoch
     opt_state = init_opt(params)
     perm_key, dropout_key = split(key, 2)
     rng = host_rng(perm_key)
@@ -382,15 +399,17 @@ def train(
     weights = jax.device_put(weights)
     acc, loss, epochs = 0.0, float("nan"), 0
     for epochs in range(1, config.max_epochs + 1):
-        # a fresh array every epoch: the device may read it after this loop has moved on
         batches = np.zeros((k, batch_rows), np.int32)
         batches[:, :b] = rng.permutation(n)[: k * b].reshape(k, b)
         for i in range(k):
             counter = np.int32((epochs - 1) * k + i)
-            params, state, opt_state, _ = step(params, state, opt_state, dropout_key, counter, x_dev, y_dev,
-                                               batches[i], weights)
-        correct, total = evaluate_chunks({"params": params, **state}, *chunks)
-        acc, loss = float(correct) / n, float(total) / n
+            idx = batches[i]  # fresh arrays every step: the device may read them later
+            params, state, opt_state, _ = step(params, state, opt_state, dropout_key, counter, x_np[idx], y_np[idx],
+                                               weights)
+        current = {"params": params, **state}
+        sums = [evaluate_chunks(current, *chunk) for chunk in chunks]
+        acc = float(np.sum([np.asarray(c) for c, _ in sums])) / n
+        loss = float(np.sum([np.asarray(t) for _, t in sums])) / n
         if _reached(acc, loss, config):
             break
     return TrainResult(
@@ -403,6 +422,19 @@ def train(
     )
 
 
+def _signature(tree: Any) -> tuple:
+    """A hashable description of a pytree's structure, shapes and dtypes."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((np.shape(a), str(jnp.result_type(a))) for a in leaves)
+
+
+@functools.lru_cache(maxsize=64)
+def _train_flag_matters_cached(module: nn.Module, signature: tuple, example: jax.ShapeDtypeStruct) -> bool:
+    treedef, leaves = signature
+    abstract = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
+    return _train_flag_matters(module, abstract, example)
+
+
 def _train_flag_matters(module: nn.Module, variables: Any, example: jax.ShapeDtypeStruct) -> bool:
     """Whether ``train=True`` changes what the network computes (dropout, batch
     statistics): the two modes' programs compared, traced on shapes only."""
@@ -413,12 +445,6 @@ def _train_flag_matters(module: nn.Module, variables: Any, example: jax.ShapeDty
         variables, example, key)
     inferred = jax.make_jaxpr(lambda v, x, k: module.apply(v, x, train=False))(variables, example, key)
     return str(trained) != str(inferred)
-
-
-def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
-    """``a`` with zero rows appended up to ``rows`` (itself when it has that many)."""
-    extra = rows - a.shape[0]
-    return np.concatenate([a, np.zeros((extra,) + a.shape[1:], a.dtype)]) if extra > 0 else a
 
 
 def _reached(accuracy: float, loss: float, config: TrainConfig) -> bool:
