@@ -6,9 +6,12 @@ loop therefore also records the compile seconds of each phase, read as differenc
 :func:`compile_seconds` around it, so timings can be compared with compilation apart.
 
 JAX's monitoring listeners are process-wide and cannot be removed; this module
-registers one on import that adds up ``/jax/core/compile/backend_compile_duration``
-(the backend compilation, also reported, briefly, when a program comes from the
-persistent cache). The total only grows; nothing else reads or writes it.
+registers one on import that adds up what a first call costs beyond running: tracing
+to a jaxpr (``/jax/core/compile/jaxpr_trace_duration``), lowering to MLIR
+(``.../jaxpr_to_mlir_module_duration``) and the XLA backend compilation
+(``.../backend_compile_duration``, also reported, briefly, when a program comes from the
+persistent cache), and counts the backend compilations. The totals only grow; nothing
+else reads or writes them.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import threading
 
 import jax
 
-__all__ = ["compile_seconds", "compilations", "EVENT"]
+__all__ = ["compile_seconds", "compilations", "EVENT", "FIRST_CALL_EVENTS"]
 
 EVENT = "/jax/core/compile/backend_compile_duration"
+FIRST_CALL_EVENTS = (EVENT, "/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration")
 
 _lock = threading.Lock()
 _total = [0.0]
@@ -27,17 +31,17 @@ _count = [0]
 
 
 def _on_duration(event: str, duration: float, **_: object) -> None:
-    if event == EVENT:
+    if event in FIRST_CALL_EVENTS:
         with _lock:
             _total[0] += float(duration)
-            _count[0] += 1
+            _count[0] += event == EVENT
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_duration)
 
 
 def compile_seconds() -> float:
-    """Seconds of XLA backend compilation in this process since jaxal was imported."""
+    """Seconds spent tracing, lowering and compiling (XLA) in this process since jaxal was imported."""
     with _lock:
         return _total[0]
 

@@ -227,7 +227,7 @@ def run(
       reached_target, train_seconds, query_seconds, chosen`` (indices into
       ``x_train``; for round 0 the initial set), ``strategy, seed, dataset, model,
       info`` (the strategy's diagnostics), and ``train_compile_seconds``,
-      ``query_compile_seconds``: the XLA compilation inside training and the query
+      ``query_compile_seconds``: the tracing, lowering and XLA compilation inside training and the query
       (:mod:`jaxal.experiment.compile_clock`), so timings compare with compiles apart.
 
     Raises:

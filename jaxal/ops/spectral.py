@@ -4,7 +4,11 @@ CRC (:mod:`jaxal.strategies.crc`) scores a group ``g`` of candidates by an eigen
 at the bottom of the significant spectrum of a PSD kernel Gram matrix over ``L ∪ g``
 (the labeled set plus the group). This module holds the numerical part, independent of
 models. Every eigenproblem is solved on the host in float64 (``numpy.linalg.eigvalsh``,
-eigenvalues only, no compile step per shape), in memory-bounded stacks:
+eigenvalues only, no compile step per shape), in memory-bounded stacks, with the host
+BLAS held to one thread: these matrices are small (tens to a few hundred rows), and a
+multi-threaded BLAS spinning against XLA's threads or another process on a busy machine
+made the same query several times slower from one run to the next (measured: 0.13 s
+single-threaded vs 0.27–0.46 s with two threads next to one busy process):
 
 - :func:`bordered_spectra`: the primal side. ``K_LL`` is shared by every group; each
   group's ``(|L|+G)×(|L|+G)`` matrix ``[[K_LL, K_Lg], [K_gL, K_gg]]`` is assembled and
@@ -52,8 +56,10 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 __all__ = [
+    "host_eigvalsh",
     "default_rtol",
     "feature_rtol",
     "lambda_plus_min",
@@ -111,7 +117,7 @@ def lambda_plus_min(eigs: Any, rtol: float, rank: int | None = None) -> Any:
 
 def numerical_rank(gram: Any, rtol: float) -> int:
     """Number of eigenvalues of the PSD ``gram [m, m]`` above ``rtol·λ_max``."""
-    return int(ranks(np.linalg.eigvalsh(np.asarray(gram, dtype=np.float64))[None], rtol)[0])
+    return int(ranks(host_eigvalsh(np.asarray(gram, dtype=np.float64))[None], rtol)[0])
 
 
 def ranks(spectra: np.ndarray, rtol: float) -> np.ndarray:
@@ -165,6 +171,12 @@ def scores_from_spectra(
     return kth_largest(spectra, k, rtol), r, k
 
 
+def host_eigvalsh(mats: np.ndarray) -> np.ndarray:
+    """``numpy.linalg.eigvalsh`` with the BLAS on one thread (see the module docstring)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return np.linalg.eigvalsh(mats)
+
+
 def _chunk(m: int, memory_bytes: int | None) -> int:
     """Float64 ``m×m`` matrices per stack under a memory bound (~4 copies each)."""
     budget = DEFAULT_MEMORY_BYTES if memory_bytes is None else int(memory_bytes)
@@ -193,7 +205,7 @@ def bordered_spectra(k_ll: Any, k_lg: Any, k_gg: Any, *, memory_bytes: int | Non
         mats[:, :n_l, n_l:] = k_lg[s:e]
         mats[:, n_l:, :n_l] = np.swapaxes(k_lg[s:e], 1, 2)
         mats[:, n_l:, n_l:] = k_gg[s:e]
-        out[s:e] = np.linalg.eigvalsh(mats)
+        out[s:e] = host_eigvalsh(mats)
     return out
 
 
@@ -212,9 +224,9 @@ def dual_spectra(a_l: Any, phi_g: Any, *, scale: float = 1.0, memory_bytes: int 
     step = _chunk(p, memory_bytes)
     for s in range(0, num, step):
         e = min(num, s + step)
-        mats = np.einsum("bgp,bgq->bpq", phi_g[s:e], phi_g[s:e])
+        mats = np.matmul(np.swapaxes(phi_g[s:e], 1, 2), phi_g[s:e])
         mats += a_l
-        out[s:e] = np.linalg.eigvalsh(mats)
+        out[s:e] = host_eigvalsh(mats)
     return float(scale) * out
 
 

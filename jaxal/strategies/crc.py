@@ -76,6 +76,7 @@ from jaxal.ops.spectral import (
     default_rtol,
     dual_spectra,
     feature_rtol,
+    host_eigvalsh,
     lambda_plus_min,
     ranks,
     scores_from_spectra,
@@ -305,7 +306,7 @@ def group_scores(
 
     scores, group_ranks, k = scores_from_spectra(spectra, tol, spectrum, num_selected)
     if n_l:
-        spec_l = np.linalg.eigvalsh(gram_l)[None]
+        spec_l = host_eigvalsh(gram_l)[None]
         labeled_rank = int(ranks(spec_l, tol_l)[0])
         labeled_score = float(lambda_plus_min(spec_l, tol_l)[0])
     else:

@@ -375,9 +375,10 @@ def train(
     y_np = np.asarray(y, dtype=np.int32)
     k, b = epoch_batches(n, config.batch_size)
     example = jax.ShapeDtypeStruct((1,) + x_np.shape[1:], jnp.float32)
-    out = jax.eval_shape(lambda v, xb: module.apply(v, xb, train=False), variables, example)
-    if out.shape[-1] != num_classes:
-        raise ValueError(f"num_classes={num_classes} but the module outputs {out.shape[-1]} logits")
+    signature = _signature(variables)
+    outputs = _num_outputs(module, signature, example)
+    if outputs != num_classes:
+        raise ValueError(f"num_classes={num_classes} but the module outputs {outputs} logits")
     params, state = _split(flax.core.unfreeze(variables))
     # a batch statistic (BatchNorm in training mode) would see padded rows: exact shapes then
     pad = buckets and not (state and not config.inference_mode)
@@ -385,7 +386,7 @@ def train(
 
     # stop-rule and batching fields do not change the compiled step: share its cache entry;
     # neither does inference_mode for a network whose training mode computes the same
-    inference_mode = config.inference_mode and _train_flag_matters_cached(module, _signature(variables), example)
+    inference_mode = config.inference_mode and _train_flag_matters_cached(module, signature, example)
     step_config = dataclasses.replace(config, batch_size=2, max_epochs=1, target_accuracy=1.0, target_loss=None,
                                       inference_mode=inference_mode)
     tx, init_opt, step = _step_fn(module, step_config, num_classes)
@@ -428,11 +429,20 @@ def _signature(tree: Any) -> tuple:
     return treedef, tuple((np.shape(a), str(jnp.result_type(a))) for a in leaves)
 
 
+def _abstract(signature: tuple) -> Any:
+    treedef, leaves = signature
+    return jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
+
+
+@functools.lru_cache(maxsize=64)
+def _num_outputs(module: nn.Module, signature: tuple, example: jax.ShapeDtypeStruct) -> int:
+    """The network's number of logits, by shape inference (traced once per module and shapes)."""
+    return int(jax.eval_shape(lambda v, xb: module.apply(v, xb, train=False), _abstract(signature), example).shape[-1])
+
+
 @functools.lru_cache(maxsize=64)
 def _train_flag_matters_cached(module: nn.Module, signature: tuple, example: jax.ShapeDtypeStruct) -> bool:
-    treedef, leaves = signature
-    abstract = jax.tree_util.tree_unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
-    return _train_flag_matters(module, abstract, example)
+    return _train_flag_matters(module, _abstract(signature), example)
 
 
 def _train_flag_matters(module: nn.Module, variables: Any, example: jax.ShapeDtypeStruct) -> bool:
