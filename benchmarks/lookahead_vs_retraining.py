@@ -363,8 +363,8 @@ def ntk_breakdown(model, module_widths: tuple[int, ...], x_l, y_l, x_s, repeats:
     Parts: the joint kernel on ``[L; S]`` (one call, single-logit; FLOPs of the Gram
     matrices of every layer's inputs and output cotangents, ``2n²(d_in + d_out)`` per
     Dense layer), the network's outputs on ``L`` and ``S``, ``core.init`` (one
-    Cholesky ``L³/3``, the solve ``S·L²``, the covariance ``K_SS − AᵀA``: ``S²·L``,
-    and a few passes over the ``S×S`` matrix), the MLMOC scores (closed form: one
+    Cholesky ``L³/3``, the solve ``2S·L²``, the covariance ``K_SS − AᵀA``: ``2S²·L``,
+    or one read of ``K_SS`` and one write of ``Σ`` if that takes longer), the MLMOC scores (closed form: one
     ``S×S`` product with the ``[S, C]`` residuals, ``2S²C``, and passes over ``Σ``), and
     the host overhead: the end-to-end call minus the parts.
     """
@@ -404,7 +404,7 @@ def ntk_breakdown(model, module_widths: tuple[int, ...], x_l, y_l, x_s, repeats:
     floors = {
         "kernel": max(kernel_flops / flops_rate, 2 * 4 * n * n / bytes_rate),
         "outputs": 2.0 * (n_s + rows) * sum(a * b for a, b in zip(dims[:-1], dims[1:])) / flops_rate,
-        "init": max((rows**3 / 3 + n_s * rows**2 + n_s * n_s * rows) / flops_rate, 2 * ss_pass),
+        "init": max((rows**3 / 3 + 2.0 * n_s * rows**2 + 2.0 * n_s * n_s * rows) / flops_rate, ss_pass),
         "scores": max(2.0 * n_s * n_s * c / flops_rate, ss_pass),
         "host_overhead": 0.0,
     }
