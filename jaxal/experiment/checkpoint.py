@@ -45,7 +45,10 @@ __all__ = [
 ]
 
 FORMAT = "jaxal-checkpoint"
-VERSION = 1
+# 2: jaxal 0.2 draws mini-batch orders, candidate subsets and initial sets on the host
+# and batches epochs differently, so a run checkpointed by 0.1 cannot continue with the
+# random stream it started with.
+VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -279,7 +282,10 @@ def load(
             "start a new run with another --out."
         ) from e
     if envelope.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {envelope.get('version')}, expected {VERSION}")
+        raise CheckpointError(
+            f"checkpoint {path} has format version {envelope.get('version')}, expected {VERSION}: it was written by "
+            "another jaxal version, whose random draws differ, so the run cannot be continued; start it again in a "
+            "new directory (or without --resume after moving this one away)")
     if hashlib.sha256(payload).hexdigest() != stored_sum:
         raise CheckpointError(
             f"checkpoint {path} is corrupt (checksum mismatch); refusing to resume. Move it "
