@@ -550,7 +550,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             directory = compile_cache.resolve(args.compile_cache)
             if directory is not None:
                 compile_cache.enable(directory)
-        return int(args.handler(args) or 0)
+        from jaxal import interrupt
+
+        with interrupt.deferred():  # Ctrl-C acts at the next safe point, never inside JAX
+            code = int(args.handler(args) or 0)
+            interrupt.check()  # one that arrived after the last safe point still counts
+            return code
     except (ValueError, ImportError) as e:  # bad input or a missing optional extra: one clear line
         print(f"jaxal {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -560,5 +565,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console() -> None:
+    """The ``jaxal`` program: :func:`main`, then exit with its code. Ctrl-C is ignored
+    once the work is done, so a late one cannot turn a finished run's exit (JAX's
+    teardown takes a moment) into a signal death."""
+    code = main()
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console()

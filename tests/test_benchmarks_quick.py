@@ -69,3 +69,11 @@ def test_lookahead_batch_modes_quick(tmp_path):
     # no posterior variance left and is not picked again in the same batch
     assert dup["greedy"] <= dup["topk"] and dup["greedy"] <= 0.05
     assert d["greedy_over_topk"] > 0 and all(q["topk"]["run_s"] > 0 for q in d["query"])
+
+
+def test_interrupt_stress_quick(tmp_path):
+    # SIGINT and SIGKILL at random moments: every exit clean (130 or killed), the resumed
+    # records equal an uninterrupted run's (the script exits non-zero otherwise)
+    d = _run("interrupt_stress", tmp_path)
+    assert d["failures"] == [] and d["records_equal_reference"]
+    assert d["signals_sent"] >= 1 and sum(d["outcomes"].values()) == d["starts"]

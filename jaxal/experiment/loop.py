@@ -55,6 +55,7 @@ from jaxal.experiment.config import (  # noqa: F401 - START_MODES, NOISES, seque
     validate,
 )
 from jaxal.experiment.progress import progress_bar
+from jaxal.interrupt import check as check_interrupt
 from jaxal.ops.random import split
 from jaxal.strategies.base import as_query, make_context, sequential_mode
 from jaxal.training import augment, ssl
@@ -283,12 +284,14 @@ def run(
     description = f"{config.strategy} seed {config.seed}"
     with progress_bar(progress, description, max(config.rounds - state.round, 0), transient=True) as update:
         for r in range(state.round + 1, config.rounds + 1):
+            check_interrupt()  # a Ctrl-C stops between rounds or training steps (jaxal.interrupt)
             state, record = round_step(env, state, _round_key(root, r))
             _append_record(rec_path, record)
             emit("recorded", r)
             ckpt.save(ck_path, **state._asdict(), config=config_dict, fingerprint=fingerprint)
             emit("checkpointed", r)
             update(advance=1, status=f"labeled {len(state.labeled)}  acc {record['test_accuracy']:.3f}")
+    check_interrupt()  # a Ctrl-C during the last round is not lost
     return list(state.records)
 
 

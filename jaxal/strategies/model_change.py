@@ -64,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxal.interrupt import check as check_interrupt
 from jaxal.lookahead import core
 from jaxal.lookahead.baselines import one_step_sgd_scores
 from jaxal.lookahead.from_model import APPROXIMATIONS as KERNEL_APPROXIMATIONS
@@ -185,6 +186,7 @@ def _sequential_query(objective: str, key: jax.Array, ctx: Context, budget: int,
     state, linfo = _state(ctx, rows, o)
     picks, labels = [], []
     for _ in range(budget):
+        check_interrupt()
         i = int(np.argmax(np.asarray(core.scores(state, objective, o.probability, o.chunk_size)[0])))
         y = int(oracle(int(rows[i])))
         state = core.add(state, i, y)

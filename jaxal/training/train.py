@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxal.interrupt import check as check_interrupt
 from jaxal.ops.buckets import bucket
 from jaxal.ops.random import host_rng, split
 from jaxal.validation import check_choice, check_finite, check_labels, check_nonempty, check_same_length
@@ -403,6 +404,7 @@ def train(
         batches = np.zeros((k, batch_rows), np.int32)
         batches[:, :b] = rng.permutation(n)[: k * b].reshape(k, b)
         for i in range(k):
+            check_interrupt()  # a Ctrl-C stops here, between steps (jaxal.interrupt)
             counter = np.int32((epochs - 1) * k + i)
             idx = batches[i]  # fresh arrays every step: the device may read them later
             params, state, opt_state, _ = step(params, state, opt_state, dropout_key, counter, x_np[idx], y_np[idx],
