@@ -157,7 +157,17 @@ def _load_tfds(name: str, seed: int = 0, data_dir: str | None = None, max_train:
             "install it with: pip install 'jaxal[tfds]'"
         ) from None
 
-    sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=download)
+    try:
+        sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=download)
+    except Exception as e:  # not prepared and not downloadable (no network, download=False): say what to do
+        where = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join("~", "tensorflow_datasets")
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"data set {name!r} is not prepared in {where} and could not be "
+            f"{'downloaded' if download else 'read (download=False)'} ({type(e).__name__}: {reason}). Prepare it "
+            f"on a machine with internet access: python -c \"import tensorflow_datasets as tfds; "
+            f"tfds.data_source('{name}', data_dir='DIR')\", then copy DIR here and pass --data-dir DIR"
+        ) from None
     x_tr, y_tr = _read_records(sources[0], max_train)
     x_te, y_te = _read_records(sources[1], max_test)
     x_tr, x_te = _standardise(_images_to_float(x_tr), _images_to_float(x_te), axes=(0, 1, 2))

@@ -139,3 +139,22 @@ def test_subsample():
     assert counts.min() > 15 and counts.max() < 70  # expectation 40 each
     with pytest.raises(ValueError, match="size"):
         data.subsample(jax.random.key(0), pool, 0)
+
+
+def test_tfds_set_not_prepared_says_where_it_looked_and_how_to_prepare(tmp_path, capsys, monkeypatch):
+    # tensorflow-datasets' own failure (here: no prepared files, no network) is replaced
+    # by one line naming the directory and the way to prepare the set
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def not_prepared(name, **kw):
+        raise FileNotFoundError(f"{name} not found in {kw.get('data_dir')} and no network\nmore lines")
+
+    monkeypatch.setattr(tfds, "data_source", not_prepared)
+    with pytest.raises(ValueError, match=r"'mnist' is not prepared in .*empty.*FileNotFoundError.*--data-dir"):
+        data.load("mnist", data_dir=str(tmp_path / "empty"), download=False)
+    from jaxal.cli import main
+
+    code = main(["run", "--dataset", "mnist", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run"),
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not prepared" in err and "Traceback" not in err and "more lines" not in err
