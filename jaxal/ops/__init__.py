@@ -5,5 +5,5 @@
 - :mod:`~jaxal.ops.kmeanspp`: k-means++ seeding, dense and factored (BADGE).
 - :mod:`~jaxal.ops.kcenter`: greedy k-center (coreset).
 - :mod:`~jaxal.ops.entropy`: entropies of probability vectors.
-- :mod:`~jaxal.ops.random`: permutations compiled once per size.
+- :mod:`~jaxal.ops.random`: host-side draws seeded from a JAX key, and ``split`` as one program.
 """

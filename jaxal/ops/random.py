@@ -19,7 +19,7 @@ import functools
 import jax
 import numpy as np
 
-__all__ = ["host_rng", "host_permutation", "split", "permutation", "permutation_batches"]
+__all__ = ["host_rng", "host_permutation", "split"]
 
 
 def _key_bits(key: jax.Array) -> np.ndarray:
@@ -48,15 +48,3 @@ def _split(key: jax.Array, num: int) -> tuple[jax.Array, ...]:
 def split(key: jax.Array, num: int = 2) -> tuple[jax.Array, ...]:
     """``tuple(jax.random.split(key, num))`` (the same keys) as one compiled program per ``num``."""
     return _split(key, num)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def permutation(key: jax.Array, n: int) -> jax.Array:
-    """``jax.random.permutation(key, n)`` as one compiled program per ``n`` (for device data)."""
-    return jax.random.permutation(key, n)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def permutation_batches(key: jax.Array, n: int, k: int, b: int) -> jax.Array:
-    """The first ``k·b`` entries of ``jax.random.permutation(key, n)`` as ``[k, b]`` batches."""
-    return jax.random.permutation(key, n)[: k * b].reshape(k, b)

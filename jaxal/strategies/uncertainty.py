@@ -32,7 +32,6 @@ def margin_scores(probs: jax.Array) -> jax.Array:
     return -(top2[..., 0] - top2[..., 1])
 
 
-@jax.jit
 def entropy_scores(probs: jax.Array) -> jax.Array:
     """Predictive entropy ``-sum_c p_c log p_c`` (0 log 0 = 0)."""
     return entropy_of(probs)

@@ -25,10 +25,10 @@
   batch bucket instead of once per labeled-set size (an active-learning run grows the
   set every round; a run from 20 to 420 labels with batches of 64 meets two
   buckets). The stop rule's inference pass runs chunks of 64 or 256 rows. Padding
-  is skipped when a batch statistic could see the padded rows: a model with a mutable collection (BatchNorm's
-  ``batch_stats``) trained in training mode gets exact shapes. Dropout masks are
-  drawn for the padded batch shape: the same distribution, other draws than an
-  unpadded batch would get.
+  is skipped when a batch statistic could see the padded rows: a model with a
+  mutable collection (BatchNorm's ``batch_stats``) trained in training mode gets
+  exact shapes. Dropout masks are drawn for the padded batch shape: the same
+  distribution, other draws than an unpadded batch would get.
 - Restarts: ``cold`` (fresh init), ``warm`` (previous weights), ``shrink_perturb``
   (Ash & Adams 2020): ``theta <- lam * theta + sigma * theta_fresh`` (their code) or
   ``theta <- lam * theta + N(0, sigma^2)`` (the thesis text).
