@@ -2,13 +2,15 @@
 
 Runs a small experiment once uninterrupted (the reference), then again and again
 under fire until the signals are spent (a fresh directory per trial): start it
-(``--resume`` after the first start), wait until it has started (its
-``config.json`` exists: Python and JAX are imported and jaxal's handler is in place)
-plus a random time, send SIGINT or
-SIGKILL (chosen at random), and repeat until the run completes. Checks every exit:
+(``--resume`` once its directory exists), wait a random time, send SIGINT or SIGKILL
+(chosen at random), and repeat until the run completes. One signal in four lands
+during start-up (a random moment 0.1-1 s after launch, while JAX and the data load;
+the interpreter's own first tens of milliseconds, before any jaxal code runs, are
+left out: no Python program can handle a signal there); the others after the run has started (its ``config.json`` is written) plus a
+random time. Checks every exit:
 
-- after SIGINT the process exits 130 and prints the "interrupted; rerun" line exactly
-  once (or 0, if the run had already finished and never saw the signal);
+- after SIGINT the process exits 130 and prints one "interrupted" line, exactly once
+  (or 0, if the run had already finished and never saw the signal);
 - after SIGKILL it dies of the signal (or had finished);
 - anything else (a crash such as a segmentation fault, another exit code, or an
   interrupt that was received and then ignored) is a failure;
@@ -38,7 +40,7 @@ RUN = ["run", "--strategy", "entropy", "--widths", "16", "--initial", "10", "--b
 
 
 def command(cache: str, out: str, resume: bool) -> list[str]:
-    return [sys.executable, "-m", "jaxal.cli", *RUN, "--compile-cache", cache, "--out", out] + (
+    return [sys.executable, "-m", "jaxal", *RUN, "--compile-cache", cache, "--out", out] + (
         ["--resume"] if resume else [])
 
 
@@ -85,17 +87,19 @@ def main(argv: list[str] | None = None) -> dict:
     while sent < target and not failures:  # one trial: a fresh run, interrupted until it completes
         trials += 1
         out = os.path.join(work, f"stressed{trials}")
-        finished, first = False, True
+        finished = False
         while not finished:
             since = time.time()
-            proc = subprocess.Popen(command(cache, out, not first), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            # --resume once the run directory exists (a start-up interrupt may leave none)
+            proc = subprocess.Popen(command(cache, out, os.path.isdir(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)
-            first = False
             starts += 1
             if sent < target:
-                # from the moment the run has started (its config is written), a random delay
-                wait_for_start(proc, out, since)
-                time.sleep(float(rng.uniform(0.0, 0.8 * ref_seconds)))
+                if rng.random() < 0.25:  # during start-up (after the interpreter's own, see above)
+                    time.sleep(float(rng.uniform(0.1, 1.0)))
+                else:  # from the moment the run has started (its config is written), a random delay
+                    wait_for_start(proc, out, since)
+                    time.sleep(float(rng.uniform(0.0, 0.8 * ref_seconds)))
                 kind = "SIGINT" if rng.random() < 0.5 else "SIGKILL"
                 proc.send_signal(signal.SIGINT if kind == "SIGINT" else signal.SIGKILL)
                 sent += 1
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if kind == "SIGINT" and "interrupt received" in err:
                     failures.append(f"start {starts}: SIGINT received and ignored (exit 0)")
                 outcomes[f"{kind or 'none'}: finished"] += 1
-            elif kind == "SIGINT" and code == 130 and err.count("interrupted; rerun") == 1:
+            elif kind == "SIGINT" and code == 130 and err.count("interrupted") == 1 and "Traceback" not in err:
                 outcomes["SIGINT: exit 130"] += 1
             elif kind == "SIGKILL" and code == -signal.SIGKILL:
                 outcomes["SIGKILL: killed"] += 1

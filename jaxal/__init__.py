@@ -9,11 +9,7 @@ Plain arrays in, indices out, keys explicit::
     k = jaxal.ntk.kernel(model, x1, x2, contraction="trace", subset="head")
 """
 
-from jaxal import data, lookahead, models, ntk, ops, strategies, training  # noqa: E402
-from jaxal.model import Model, from_functions, from_linen, from_nnx
-from jaxal.strategies.base import Context, Query, names, register, select
-
-strategy_names = names  # the 0.1 name, kept
+import importlib
 
 __all__ = [
     "Model", "from_linen", "from_nnx", "from_functions", "select", "register", "names", "strategy_names",
@@ -22,14 +18,28 @@ __all__ = [
 
 __version__ = "0.2.0.dev0"
 
+# Everything loads on first use (PEP 562), so ``import jaxal`` and the ``jaxal`` program
+# start in milliseconds: the command line installs its Ctrl-C handling before JAX loads.
+_SUBMODULES = ("data", "lookahead", "models", "ntk", "ops", "strategies", "training", "experiment")
+_ATTRIBUTES = {
+    "Model": "jaxal.model", "from_functions": "jaxal.model", "from_linen": "jaxal.model", "from_nnx": "jaxal.model",
+    "Context": "jaxal.strategies", "Query": "jaxal.strategies", "names": "jaxal.strategies",
+    "register": "jaxal.strategies", "select": "jaxal.strategies", "strategy_names": "jaxal.strategies",
+}
 _DEPRECATED_ATTRIBUTES = ("train", "frozen", "metrics")  # 0.1 attributes of the package
 
 
 def __getattr__(name: str):
-    # ``jaxal.experiment`` loads on first use (it pulls in matplotlib and the data sets);
-    # the 0.1 attributes ``jaxal.train`` / ``frozen`` / ``metrics`` warn and forward.
-    import importlib
-
-    if name == "experiment" or name in _DEPRECATED_ATTRIBUTES:
+    # The 0.1 attributes ``jaxal.train`` / ``frozen`` / ``metrics`` warn and forward.
+    if name in _SUBMODULES or name in _DEPRECATED_ATTRIBUTES:
         return importlib.import_module(f"jaxal.{name}")
+    if name in _ATTRIBUTES:
+        module = importlib.import_module(_ATTRIBUTES[name])  # jaxal.strategies registers every strategy
+        value = getattr(module, "names" if name == "strategy_names" else name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'jaxal' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -87,6 +87,8 @@ def _defaults() -> tuple[Any, Any]:
 def add_run(subparsers: Any) -> None:
     """``jaxal run``: active-learning experiments, one run per strategy and seed."""
     d, dt = _defaults()
+    from jaxal import data, models, strategies
+
     p = subparsers.add_parser(
         "run",
         help="run active-learning experiments (default: digits, MLP, NTK look-ahead MLMOC (greedy batch and "
@@ -95,16 +97,18 @@ def add_run(subparsers: Any) -> None:
         "learning-curve plot under --out.",
     )
     g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", default=d.dataset, help=f"data set name (default: {d.dataset})")
+    g.add_argument("--dataset", default=d.dataset,
+                   help=f"{' | '.join(data.names())} | PATH.npz (default: {d.dataset})")
     g.add_argument("--data-dir", default=None, help="where TFDS / .npz data live")
     g.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="extra data set option (repeatable)")
-    g.add_argument("--model", default=d.model, help=f"model name (default: {d.model})")
+    g.add_argument("--model", default=d.model, help=f"{' | '.join(models.names())} (default: {d.model})")
     g.add_argument("--widths", default=None, help="MLP hidden widths, e.g. 256,256")
     g.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                    help="model option, e.g. dropout_rate=0.2 or channels=(16,32) (repeatable)")
     g = p.add_argument_group("active learning")
     g.add_argument("--strategy", default=DEFAULT_STRATEGIES,
-                   help="strategy or comma-separated list; NAME-seq is NAME's sequential mode, NAME[key=value,...] a "
+                   help=f"strategy or comma-separated list of: {', '.join(strategies.names())}. NAME-seq is NAME's "
+                   f"sequential mode (for {', '.join(strategies.sequential_names())}), NAME[key=value,...] a "
                    f"variant with its own options (default: {DEFAULT_STRATEGIES})")
     g.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="strategy option, value parsed as a Python literal: KEY=VALUE goes to every listed strategy "
@@ -120,7 +124,8 @@ def add_run(subparsers: Any) -> None:
     g.add_argument("--rounds", type=int, default=d.rounds,
                    help=f"query rounds after the initial training (default: {d.rounds})")
     g.add_argument("--candidates", type=int, default=None,
-                   help="random candidate subsample per round (default: the protocol's; standard: whole pool)")
+                   help="random candidate subsample per round; at least the pool means the whole pool (default: "
+                   "the protocol's; standard: whole pool)")
     g.add_argument("--sequential", action="store_true", help="query one point at a time with the oracle in the loop")
     g.add_argument("--seeds", default="1", help="number of seeds (0..N-1) or a comma-separated list (default: 1)")
     g = p.add_argument_group("training")
@@ -314,6 +319,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     configs = compare_configs(args)
     out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    datasets: dict = {}  # each data set loaded once for all runs
+    notes = preflight_all(configs, out, args.resume, datasets)
     args.out_resolved = out  # for the interrupt message
     seeds = sorted({c.seed for c in configs})
     c0 = configs[0]
@@ -322,10 +329,11 @@ def run_command(args: argparse.Namespace) -> int:
         f"rounds, seeds {seeds}\nprotocol: {c0.protocol} ({describe(c0.protocol)})\noutput: {out}",
         highlight=False,
     )
+    for note in notes:
+        console.print(f"note: {note}", markup=False)
     show_progress = not args.quiet and console.is_terminal
     results: dict[str, list[list[dict]]] = {}
     dirs: dict[str, list[str]] = {}
-    datasets: dict = {}  # each data set loaded once for all runs
     for c in configs:
         label = label_of(c)
         run_dir = os.path.join(out, label, f"seed{c.seed}")
@@ -350,6 +358,39 @@ def run_command(args: argparse.Namespace) -> int:
     console.print(f"plot:    {plot}", highlight=False)
     console.print(f"records: {os.path.join(out, '<strategy>', 'seed<k>', 'records.jsonl')}", highlight=False)
     return 0
+
+
+def preflight_all(configs: Sequence[Any], out: str, resume: bool, datasets: dict,
+                  must_exist: bool = True) -> list[str]:
+    """Check every run before the first one trains (:func:`jaxal.experiment.loop.preflight`)
+    and return notes worth printing: what the data set holds, a candidate subsample
+    that covers the whole pool, a resume that changes the number of rounds."""
+    import json
+
+    from jaxal.experiment.grid import label_of
+    from jaxal.experiment.loop import CONFIG_FILE, preflight
+
+    if resume and must_exist and not os.path.isdir(out):
+        raise ValueError(f"--resume: {out} does not exist, so there is nothing to resume; drop --resume to start "
+                         "a new run there")
+    notes: list[str] = []
+    for c in configs:
+        ds, _ = preflight(c, datasets)
+        pool = int(ds.x_train.shape[0]) - c.initial_size
+        found = [f"data set {c.dataset}: {ds.x_train.shape[0]} training and {ds.x_test.shape[0]} test examples of "
+                 f"shape {tuple(ds.x_train.shape[1:])}, {ds.num_classes} classes"]
+        if c.candidates is not None and c.candidates >= pool:
+            found.append(f"--candidates {c.candidates} is at least the pool ({pool} unlabeled examples): every round "
+                         "scores the whole pool")
+        stored = os.path.join(out, label_of(c), f"seed{c.seed}", CONFIG_FILE)
+        if resume and os.path.exists(stored):
+            with open(stored, encoding="utf-8") as f:
+                before = json.load(f).get("rounds")
+            if before is not None and before != c.rounds:
+                found.append(f"{os.path.dirname(stored)} was started with --rounds {before}; it now runs to {c.rounds} "
+                             "(its config.json is updated)")
+        notes += [n for n in found if n not in notes]
+    return notes
 
 
 # --------------------------------------------------------------------------- jaxal compare
@@ -458,6 +499,7 @@ def compare_command(args: argparse.Namespace) -> int:
     console = Console(soft_wrap=True, highlight=False)
     configs = compare_configs(args)
     out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    notes = preflight_all(configs, out, True, {}, must_exist=False)  # compare always resumes
     args.out_resolved = out
     cells = plan(configs, out)
     states = [run_status(c) for c in cells]
@@ -468,6 +510,8 @@ def compare_command(args: argparse.Namespace) -> int:
         f"{states.count('partial')} to resume); initial {c0.initial_size}, budget {c0.budget} x {c0.rounds} rounds, "
         f"protocol {c0.protocol}\noutput: {out}", markup=False
     )
+    for note in notes:
+        console.print(f"note: {note}", markup=False)
     t0 = time.perf_counter()
     _, report = compare(configs, out, reference=args.reference, progress=not args.quiet and console.is_terminal,
                         title=args.title)
@@ -560,21 +604,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jaxal {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        out = getattr(args, "out_resolved", None) or "<dir>"
-        print(f"\njaxal {args.command}: interrupted; rerun the same command with --resume --out {out}", file=sys.stderr)
+        out = getattr(args, "out_resolved", None)
+        if out is None or not os.path.isdir(out):
+            print(f"\njaxal {args.command}: interrupted before any run started", file=sys.stderr)
+        else:
+            print(f"\njaxal {args.command}: interrupted; rerun the same command with --resume --out {out}",
+                  file=sys.stderr)
         return 130
 
 
-def console() -> None:
-    """The ``jaxal`` program: :func:`main`, then exit with its code. Ctrl-C is ignored
-    once the work is done, so a late one cannot turn a finished run's exit (JAX's
-    teardown takes a moment) into a signal death."""
-    code = main()
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.exit(code)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    console()
+if __name__ == "__main__":  # pragma: no cover - the program is jaxal.__main__ (python -m jaxal)
+    sys.exit(main())

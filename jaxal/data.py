@@ -23,6 +23,7 @@ drawn from the data set seed; the test set is untouched.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -30,7 +31,7 @@ import jax
 import numpy as np
 
 from jaxal.ops.random import host_permutation, split
-from jaxal.validation import check_finite, check_labels, check_same_length
+from jaxal.validation import check_finite, check_label_values, check_labels, check_nonempty, check_same_length
 
 __all__ = ["Dataset", "names", "load", "with_copies", "initial_indices", "subsample", "TFDS_NUM_CLASSES"]
 
@@ -70,21 +71,64 @@ def _standardise(x_train: np.ndarray, x_test: np.ndarray, axes: tuple[int, ...])
 
 
 def _finish(name: str, x_train, y_train, x_test, y_test, num_classes: int | None = None) -> Dataset:
-    """Cast, validate and pack."""
+    """Cast, validate and pack.
+
+    ``num_classes=None`` infers ``C = max(label) + 1`` and refuses labels that make that
+    guess doubtful (a class in ``[0, C)`` with no training example, a test label the
+    training set never shows): pass ``num_classes`` to confirm ``C``.
+    """
+    for n, a in (("x_train", x_train), ("x_test", x_test)):
+        if np.asarray(a).dtype.kind in "USOV":
+            raise ValueError(f"{n} holds {np.asarray(a).dtype} values: inputs must be numbers")
     x_train = np.asarray(x_train, dtype=np.float32)
     x_test = np.asarray(x_test, dtype=np.float32)
+    check_nonempty("x_train", x_train)
+    if np.ndim(x_test) == 0 or np.shape(x_test)[0] == 0:
+        raise ValueError("x_test is empty: a run measures test accuracy every round, so it needs test examples")
     check_same_length(x_train=x_train, y_train=y_train)
     check_same_length(x_test=x_test, y_test=y_test)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise ValueError(f"x_train examples {x_train.shape[1:]} and x_test examples {x_test.shape[1:]} differ in shape")
     check_finite("x_train", x_train)
     check_finite("x_test", x_test)
+    y_train = check_label_values("y_train", y_train)
+    y_test = check_label_values("y_test", y_test)
     if num_classes is None:
-        num_classes = int(max(np.max(y_train, initial=0), np.max(y_test, initial=0))) + 1
+        num_classes = _infer_num_classes(y_train, y_test)
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     check_labels("y_train", y_train, num_classes)
     check_labels("y_test", y_test, num_classes)
     return Dataset(name, x_train, np.asarray(y_train).astype(np.int32), x_test, np.asarray(y_test).astype(np.int32),
                    int(num_classes))
+
+
+def _infer_num_classes(y_train: np.ndarray, y_test: np.ndarray) -> int:
+    """``max(label) + 1``, when every class up to it has a training example and every
+    test label occurs in training; otherwise a ``ValueError`` that says what was
+    inferred and how to confirm or fix it."""
+    c = int(max(np.max(y_train, initial=0), np.max(y_test, initial=0))) + 1
+    for name, y in (("y_train", y_train), ("y_test", y_test)):
+        if np.min(y, initial=0) < 0:
+            raise ValueError(f"{name} has labels outside [0, C): min {np.min(y)}; labels must be 0..C-1")
+    seen = np.zeros(c, bool)
+    seen[y_train.astype(np.int64)] = True
+    unseen_test = sorted(set(np.unique(y_test).astype(int).tolist()) - set(np.flatnonzero(seen).tolist()))
+    if unseen_test:
+        raise ValueError(
+            f"y_test holds label(s) {unseen_test} that never occur in y_train: no model trained on y_train can "
+            "predict them. Drop those test examples, or pass num_classes (CLI: --dataset-option num_classes=C) "
+            "to keep them"
+        )
+    empty = np.flatnonzero(~seen).tolist()
+    if empty:
+        raise ValueError(
+            f"num_classes was inferred as {c} (largest label {c - 1} + 1), but class(es) {empty[:10]}"
+            f"{' ...' if len(empty) > 10 else ''} have no example: labels must be 0..C-1. If {c} classes is what "
+            f"you mean, pass num_classes={c} (CLI: --dataset-option num_classes={c}); otherwise renumber the labels "
+            "(np.unique(y, return_inverse=True))"
+        )
+    return c
 
 
 def _load_digits(seed: int = 0, test_fraction: float = 0.25) -> Dataset:
@@ -157,32 +201,69 @@ def _load_tfds(name: str, seed: int = 0, data_dir: str | None = None, max_train:
             "install it with: pip install 'jaxal[tfds]'"
         ) from None
 
-    try:
-        sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=download)
-    except Exception as e:  # not prepared and not downloadable (no network, download=False): say what to do
+    def not_prepared(why: str) -> ValueError:
         where = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join("~", "tensorflow_datasets")
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ValueError(
-            f"data set {name!r} is not prepared in {where} and could not be "
-            f"{'downloaded' if download else 'read (download=False)'} ({type(e).__name__}: {reason}). Prepare it "
-            f"on a machine with internet access: python -c \"import tensorflow_datasets as tfds; "
-            f"tfds.data_source('{name}', data_dir='DIR')\", then copy DIR here and pass --data-dir DIR"
-        ) from None
+        return ValueError(
+            f"data set {name!r} is not prepared in {where} and {why}. Prepare it on a machine with internet "
+            f"access: python -c \"import tensorflow_datasets as tfds; tfds.data_source('{name}', data_dir='DIR')\", "
+            "then copy DIR here and pass --data-dir DIR"
+        )
+
+    def reason(e: Exception) -> str:
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else '-'}"
+
+    try:  # prepared files first: no network touched
+        sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=False)
+    except Exception as e:
+        if not download:
+            raise not_prepared(f"could not be read (download=False; {reason(e)})") from None
+        if not _online():  # tensorflow-datasets would retry for minutes before giving up
+            raise not_prepared(f"this machine has no network to download it ({_DOWNLOAD_HOST} is unreachable)") \
+                from None
+        try:
+            sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=True)
+        except Exception as e2:
+            raise not_prepared(f"could not be downloaded ({reason(e2)})") from None
     x_tr, y_tr = _read_records(sources[0], max_train)
     x_te, y_te = _read_records(sources[1], max_test)
     x_tr, x_te = _standardise(_images_to_float(x_tr), _images_to_float(x_te), axes=(0, 1, 2))
     return _finish(name, x_tr, y_tr, x_te, y_te, TFDS_NUM_CLASSES[name])
 
 
+_DOWNLOAD_HOST = "storage.googleapis.com"  # where tensorflow-datasets fetches its files and metadata
+
+
+def _online(host: str = _DOWNLOAD_HOST, timeout: float = 3.0) -> bool:
+    """Whether ``host`` answers on port 443 within ``timeout`` seconds."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_npz(path: str, num_classes: int | None = None) -> Dataset:
     if not os.path.exists(path):
         raise ValueError(f"no such .npz file: {path}")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head.startswith(b"PK"):  # an .npz is a zip archive
+        what = "a single .npy array" if head.startswith(b"\x93NUMPY") else f"not a zip archive (starts with {head!r})"
+        raise ValueError(
+            f"{path} is not a NumPy .npz archive: it is {what}. Write one with "
+            "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+        )
     with np.load(path, allow_pickle=False) as f:
         required = ("x_train", "y_train", "x_test", "y_test")
         missing = [k for k in required if k not in f.files]
         if missing:
             raise ValueError(f"{path} is missing array(s) {', '.join(missing)}; it has {', '.join(f.files) or 'none'}")
-        arrays = {k: np.asarray(f[k]) for k in required}
+        try:
+            arrays = {k: np.asarray(f[k]) for k in required}
+        except ValueError as e:  # object arrays need pickles, which are never loaded
+            raise ValueError(f"{path}: {e}; save plain numeric arrays (labels as integers 0..C-1)") from None
     return _finish(os.path.basename(path), arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                    num_classes)
 
@@ -271,16 +352,20 @@ def load(name: str, *, seed: int = 0, data_dir: str | None = None, **options: An
 
 
 def _load(name: str, seed: int, data_dir: str | None, options: dict) -> Dataset:
-    try:
-        if name.endswith(".npz"):
-            return _load_npz(name, **options)
-        if name not in _LOADERS:
-            raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(names())}, or a path ending in .npz")
-        if name in TFDS_NUM_CLASSES:
-            return _LOADERS[name](seed=seed, data_dir=data_dir, **options)
-        return _LOADERS[name](seed=seed, **options)
-    except TypeError as e:  # unknown option
-        raise ValueError(f"bad options for dataset {name!r}: {e}") from None
+    if name.endswith(".npz"):
+        loader, args = _load_npz, {}
+    elif name not in _LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(names())}, or a path ending in .npz")
+    elif name in TFDS_NUM_CLASSES:
+        loader, args = _load_tfds, {"name": name, "seed": seed, "data_dir": data_dir}
+    else:
+        loader, args = _LOADERS[name], {"seed": seed}
+    accepted = [p for p in inspect.signature(loader).parameters if p not in ("name", "seed", "data_dir", "path")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"dataset {name!r} takes no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(accepted + ['copies', 'copy_noise'])}")
+    return loader(name, **options) if loader is _load_npz else loader(**args, **options)
 
 
 def _check_size(size: Any, n: int) -> int:

@@ -17,6 +17,8 @@ dropout).
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -308,6 +310,12 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def option_names(name: str) -> tuple[str, ...]:
+    """The options model ``name`` takes (``jaxal run --model-option KEY=VALUE``)."""
+    check_choice("model", name, _REGISTRY)
+    return tuple(inspect.signature(_REGISTRY[name]).parameters)[2:]
+
+
 def create(name: str, num_classes: int, *, input_shape: Sequence[int], **options: Any) -> nn.Module:
     """Build a registered network.
 
@@ -325,10 +333,11 @@ def create(name: str, num_classes: int, *, input_shape: Sequence[int], **options
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s <= 0 for s in shape):
         raise ValueError(f"input_shape must be a non-empty shape of positive sizes, got {input_shape!r}")
-    try:
-        return _REGISTRY[name](num_classes, shape, **options)
-    except TypeError as e:  # unknown option
-        raise ValueError(f"bad options for model {name!r}: {e}") from None
+    unknown = sorted(set(options) - set(option_names(name)))
+    if unknown:
+        raise ValueError(f"model {name!r} takes no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(option_names(name)) or 'none'}")
+    return _REGISTRY[name](num_classes, shape, **options)
 
 
 def has_dropout(module: nn.Module) -> bool:

@@ -6,7 +6,11 @@ was wrong with *their* input rather than a shape error from deep inside XLA.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import inspect
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any, Iterable, Literal, Mapping, Union
 
 import numpy as np
 
@@ -14,9 +18,14 @@ __all__ = [
     "check_budget",
     "check_finite",
     "check_labels",
+    "check_label_values",
     "check_same_length",
     "check_nonempty",
     "check_choice",
+    "check_key",
+    "check_option_types",
+    "check_positive",
+    "describe_type",
 ]
 
 
@@ -50,17 +59,41 @@ def check_finite(name: str, x: Any) -> None:
             raise ValueError(f"{name} contains {bad} NaN/inf value(s)")
 
 
-def check_labels(name: str, y: Any, num_classes: int) -> None:
-    """Raise unless ``y`` is a 1-D integer array with values in ``[0, num_classes)``."""
+def check_label_values(name: str, y: Any) -> np.ndarray:
+    """``y`` as a 1-D array of whole numbers (any integer or float dtype), or a
+    ``ValueError`` naming ``name`` that says what is wrong: a shape, strings or objects
+    (with how to map class names to integers), NaN/inf, or fractional values."""
     a = np.asarray(y)
     if a.ndim != 1:
         raise ValueError(f"{name} must be 1-D integer labels, got shape {a.shape}")
-    if a.size and not np.issubdtype(a.dtype, np.integer):
+    if a.size == 0:
+        return a
+    if a.dtype.kind in "USOV" or not (np.issubdtype(a.dtype, np.number) or a.dtype.kind == "b"):
+        sample = ", ".join(repr(v) for v in a[:3].tolist())
+        raise ValueError(
+            f"{name} holds {a.dtype} values ({sample}, ...), not integer class labels 0..C-1; map class names "
+            f"to integers first, e.g. classes, {name} = np.unique({name}, return_inverse=True)"
+        )
+    if np.issubdtype(a.dtype, np.complexfloating):
+        raise ValueError(f"{name} holds complex values; class labels must be integers 0..C-1")
+    if not np.issubdtype(a.dtype, np.integer) and a.dtype.kind != "b":
+        finite = np.isfinite(a)
+        if not finite.all():
+            bad = int(a.size - np.count_nonzero(finite))
+            raise ValueError(f"{name} contains {bad} NaN/inf label(s) (first at index {int(np.argmin(finite))}); "
+                             "every example needs an integer class label")
         if not np.all(np.equal(np.mod(a, 1), 0)):
-            raise ValueError(f"{name} must hold integer class labels, got dtype {a.dtype}")
+            raise ValueError(f"{name} must hold integer class labels, got fractional values (dtype {a.dtype})")
+    return a
+
+
+def check_labels(name: str, y: Any, num_classes: int) -> None:
+    """Raise unless ``y`` is a 1-D integer array with values in ``[0, num_classes)``."""
+    a = check_label_values(name, y)
     if a.size and (a.min() < 0 or a.max() >= num_classes):
         raise ValueError(
-            f"{name} has labels outside [0, {num_classes}): min {a.min()}, max {a.max()}"
+            f"{name} has labels outside [0, {num_classes}) for num_classes={num_classes}: min {a.min()}, "
+            f"max {a.max()}"
         )
 
 
@@ -77,3 +110,82 @@ def check_choice(kind: str, value: str, valid: Iterable[str]) -> None:
     valid = sorted(valid)
     if value not in valid:
         raise ValueError(f"unknown {kind} {value!r}; valid: {', '.join(valid)}")
+
+
+def check_key(name: str, key: Any) -> None:
+    """Raise unless ``key`` is a ``jax.random`` key: a typed key (``jax.random.key``)
+    or a raw ``uint32[2]`` one (``jax.random.PRNGKey``)."""
+    import jax
+
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return
+    if dtype is not None and np.dtype(dtype) == np.uint32 and tuple(np.shape(key))[-1:] == (2,):
+        return
+    raise ValueError(f"{name} must be a jax.random key, e.g. jax.random.key(0), got {type(key).__name__} {key!r}")
+
+
+def check_positive(options: Mapping[str, Any], *names: str) -> None:
+    """Raise unless each of ``names`` present (and not None) in ``options`` is an integer >= 1."""
+    for n in names:
+        v = options.get(n)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"option {n} must be a positive integer, got {v!r}")
+
+
+_UNIONS = (Union, types.UnionType)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in _UNIONS:
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (Sequence, list, tuple, typing.Sequence):
+        return isinstance(value, (list, tuple))
+    return True  # a type this check does not model: let the strategy judge
+
+
+def describe_type(hint: Any) -> str:
+    """``int | None`` -> ``"an integer or None"``: a type hint in words, for messages."""
+    origin = typing.get_origin(hint)
+    if origin in _UNIONS:
+        return " or ".join(describe_type(h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(hint))
+    words = {bool: "True/False", int: "an integer", float: "a number", str: "a string", type(None): "None"}
+    if hint in words:
+        return words[hint]
+    if origin in (Sequence, list, tuple, typing.Sequence):
+        return "a list or tuple"
+    return getattr(hint, "__name__", str(hint))
+
+
+def check_option_types(owner: str, options: Mapping[str, Any], hints: Mapping[str, Any]) -> None:
+    """Raise when an option's value does not fit its type hint (``int``, ``float``,
+    ``bool``, ``str``, ``Literal``, unions and ``None``; other hints are not checked).
+
+    From the command line every value is a Python literal or a string, so a typo such
+    as ``group_size=five`` is caught here, before any training.
+    """
+    for name, value in options.items():
+        hint = hints.get(name, Any)
+        if not _matches(value, hint):
+            raise ValueError(
+                f"{owner}: option {name}={value!r} ({type(value).__name__}) must be {describe_type(hint)}"
+            )

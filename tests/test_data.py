@@ -102,7 +102,7 @@ def test_npz_round_trip_and_missing_keys(tmp_path):
 def test_unknown_dataset_lists_names():
     with pytest.raises(ValueError, match="valid: cifar10, cifar100, digits, fashion_mnist, mnist, mnist1d, svhn_cropped"):
         data.load("imagenet")
-    with pytest.raises(ValueError, match="bad options"):
+    with pytest.raises(ValueError, match="takes no option num_samples; its options: test_fraction"):
         data.load("digits", num_samples=3)
 
 
@@ -152,9 +152,36 @@ def test_tfds_set_not_prepared_says_where_it_looked_and_how_to_prepare(tmp_path,
     monkeypatch.setattr(tfds, "data_source", not_prepared)
     with pytest.raises(ValueError, match=r"'mnist' is not prepared in .*empty.*FileNotFoundError.*--data-dir"):
         data.load("mnist", data_dir=str(tmp_path / "empty"), download=False)
+    monkeypatch.setattr(data, "_online", lambda *a, **k: False)  # this machine: no network
     from jaxal.cli import main
 
     code = main(["run", "--dataset", "mnist", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run"),
                  "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "is not prepared" in err and "Traceback" not in err and "more lines" not in err
+    assert "no network to download it" in err
+
+
+def test_tfds_offline_fails_at_once_without_asking_for_a_download(tmp_path, monkeypatch):
+    # tensorflow-datasets retries an unreachable host for minutes: jaxal looks for the
+    # prepared files, sees there is no network, and stops in seconds
+    tfds = pytest.importorskip("tensorflow_datasets")
+    calls = []
+
+    def source(name, **kw):
+        calls.append(kw["download"])
+        raise FileNotFoundError("not prepared")
+
+    monkeypatch.setattr(tfds, "data_source", source)
+    monkeypatch.setattr(data, "_online", lambda *a, **k: False)
+    with pytest.raises(ValueError, match="no network to download it"):
+        data.load("mnist", data_dir=str(tmp_path))
+    assert calls == [False]
+    monkeypatch.setattr(data, "_online", lambda *a, **k: True)  # online: the download is tried
+    with pytest.raises(ValueError, match="could not be downloaded"):
+        data.load("mnist", data_dir=str(tmp_path))
+    assert calls == [False, False, True]
+
+
+def test_online_is_false_for_an_unresolvable_host():
+    assert not data._online("no-such-host.invalid", timeout=1.0)

@@ -36,7 +36,7 @@ def _records(path):
 
 def _cli(tmp_path, out, *extra):
     cache = str(tmp_path / "xla")  # shared: later processes start warm
-    return [sys.executable, "-m", "jaxal.cli", *RUN, "--compile-cache", cache, "--out", str(out), *extra]
+    return [sys.executable, "-m", "jaxal", *RUN, "--compile-cache", cache, "--out", str(out), *extra]
 
 
 @pytest.mark.parametrize("after_records", [2])
@@ -65,3 +65,25 @@ def test_ctrl_c_exits_130_once_and_resumes_to_the_same_records(tmp_path, after_r
     got, want = _records(records), _records(reference / "entropy" / "seed0" / "records.jsonl")
     assert [r["chosen"] for r in got] == [r["chosen"] for r in want]
     assert [r["test_accuracy"] for r in got] == [r["test_accuracy"] for r in want]
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.5])
+def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path, delay):
+    """While Python loads JAX and the data (before any run exists): exit 130, one line,
+    no traceback, and no run directory to resume."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cli(tmp_path, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.count("interrupted") == 1 and "Traceback" not in err, err
+
+
+def test_import_jaxal_is_lazy():
+    """``import jaxal`` loads no JAX (so the program handles Ctrl-C from its first
+    milliseconds); attributes load on first use."""
+    code = ("import sys, jaxal; assert 'jax' not in sys.modules, 'jax imported'; "
+            "assert callable(jaxal.select) and 'entropy' in jaxal.names(); assert 'jax' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

@@ -132,7 +132,7 @@ def test_registry_and_bad_input():
         models.create("resnet18", 10, input_shape=(64,))
     with pytest.raises(ValueError, match="num_classes"):
         models.create("mlp", 1, input_shape=(64,))
-    with pytest.raises(ValueError, match="bad options"):
+    with pytest.raises(ValueError, match="takes no option width; its options: widths, dropout_rate"):
         models.create("mlp", 10, input_shape=(64,), width=3)
     with pytest.raises(ValueError, match="depth"):
         models.create("wrn", 10, input_shape=(8, 8, 3), depth=27)

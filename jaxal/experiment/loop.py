@@ -29,11 +29,13 @@ The settings and their checks live in :mod:`jaxal.experiment.config` (re-exporte
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import json
 import os
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import numpy as np
@@ -57,7 +59,7 @@ from jaxal.experiment.config import (  # noqa: F401 - START_MODES, NOISES, seque
 from jaxal.experiment.progress import progress_bar
 from jaxal.interrupt import check as check_interrupt
 from jaxal.ops.random import split
-from jaxal.strategies.base import as_query, make_context, sequential_mode
+from jaxal.strategies.base import as_query, check_options, make_context, sequential_mode
 from jaxal.training import augment, ssl
 from jaxal.training.train import TrainResult, evaluate, init_variables, restart, scale_head, train
 from jaxal.validation import check_budget
@@ -65,6 +67,8 @@ from jaxal.validation import check_budget
 __all__ = [
     "ExperimentConfig",
     "RunExistsError",
+    "RunLockedError",
+    "preflight",
     "LoopEnv",
     "LoopState",
     "round_step",
@@ -83,6 +87,13 @@ _TAG_INITIAL_SET, _TAG_INIT_MODEL, _TAG_ROUND = 1, 2, 3
 
 class RunExistsError(ValueError):
     """``out_dir`` already holds a run and ``resume`` was not asked for."""
+
+
+class RunLockedError(ValueError):
+    """Another process is writing the run directory."""
+
+
+LOCK_FILE = ".lock"
 
 
 class LoopEnv(NamedTuple):
@@ -157,7 +168,12 @@ def _append_record(path: str, record: dict) -> None:
 
 
 def _prepare_dir(out_dir: str, config: ExperimentConfig, resume: bool) -> bool:
-    """Create/check ``out_dir``; return True when a checkpoint should be restored."""
+    """Check ``out_dir`` (creating it); return True when a checkpoint should be restored.
+
+    On resume, temporary files a killed write left behind (``.tmp-*``, see
+    :func:`jaxal.experiment.checkpoint.write_atomic`) are removed: the files they were
+    meant to replace are intact, old or new.
+    """
     os.makedirs(out_dir, exist_ok=True)
     files = [f for f in (CONFIG_FILE, RECORDS_FILE, CHECKPOINT_FILE) if os.path.exists(os.path.join(out_dir, f))]
     if files and not resume:
@@ -174,7 +190,68 @@ def _prepare_dir(out_dir: str, config: ExperimentConfig, resume: bool) -> bool:
             raise ckpt.CheckpointError(f"{cfg_path} is unreadable ({e}); refusing to resume") from e
         check_same_run(stored, config, out_dir,
                        "resume with the same settings, or start a new run with another --out")
+    if resume:
+        for tmp in glob.glob(os.path.join(glob.escape(out_dir), ".tmp-*")):
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
     return resume and os.path.exists(os.path.join(out_dir, CHECKPOINT_FILE))
+
+
+@contextlib.contextmanager
+def _locked(out_dir: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` (``.lock``, released when the process dies),
+    so two processes never write one run; the second gets :class:`RunLockedError`."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no POSIX locks (Windows): run unlocked
+        yield
+        return
+    path = os.path.join(out_dir, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise RunLockedError(
+                f"another process (pid {holder}) is writing the run in {out_dir}; wait for it to finish, "
+                "or use another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def preflight(config: ExperimentConfig, datasets: dict | None = None) -> tuple[data_lib.Dataset, Any]:
+    """Every check a run can make before it trains: the config (:func:`validate`), the
+    data set (loaded, labels and sizes checked), the model built for it, and the
+    strategy's options against the budget and that model (e.g. BALD needs dropout).
+
+    Cheap next to training: the model is shape-inferred, not initialised. :func:`run`
+    calls it before it creates ``out_dir``, so a run that fails it leaves nothing
+    behind; ``jaxal run`` / ``jaxal compare`` call it for every run before the first.
+
+    Returns:
+      ``(dataset, module)``. Raises ``ValueError`` naming what is wrong.
+    """
+    validate(config)
+    ds = _dataset(config, datasets)
+    n_train = int(np.shape(ds.x_train)[0])
+    check_sizes(config, n_train)
+    if config.balanced_init and config.initial_size % int(ds.num_classes):
+        raise ValueError(f"balanced_init needs initial_size divisible by the {ds.num_classes} classes, "
+                         f"got initial_size={config.initial_size}")
+    module = models_lib.create(
+        config.model, int(ds.num_classes), input_shape=tuple(np.shape(ds.x_train)[1:]), **dict(config.model_options)
+    )
+    shapes = jax.eval_shape(lambda k, x: module.init({"params": k, "dropout": k}, x), jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, *np.shape(ds.x_train)[1:]), np.float32))
+    budget = min(config.budget, n_train - config.initial_size) if config.rounds else config.budget
+    check_options(config.strategy, config.strategy_options, config.sequential, budget=max(budget, 1),
+                  model=models_lib.as_model(module, shapes))
+    return ds, module
 
 
 def _round_key(root: jax.Array, r: int) -> jax.Array:
@@ -232,20 +309,24 @@ def run(
       (:mod:`jaxal.experiment.compile_clock`), so timings compare with compiles apart.
 
     Raises:
-      ValueError: bad config (naming the field), a pool too small for the budget, an
-        existing run without ``resume``, or a corrupt / mismatched checkpoint
+      ValueError: anything :func:`preflight` finds (then ``out_dir`` is not created),
+        an existing run without ``resume`` (:class:`RunExistsError`), another process
+        writing ``out_dir`` (:class:`RunLockedError`), ``rounds`` below the rounds a
+        resumed run has recorded, or a corrupt / mismatched checkpoint
         (:class:`jaxal.experiment.checkpoint.CheckpointError`).
     """
-    validate(config)
+    ds, module = preflight(config, datasets)  # before out_dir exists: a bad run leaves nothing behind
     out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    with _locked(out_dir):
+        return _run_locked(config, out_dir, ds, module, resume, progress, on_event)
+
+
+def _run_locked(config: ExperimentConfig, out_dir: str, ds: data_lib.Dataset, module: Any, resume: bool,
+                progress: bool, on_event: Callable[[str, int], None] | None) -> list[dict]:
     emit = on_event or (lambda event, r: None)
     restore = _prepare_dir(out_dir, config, resume)
-    ds = _dataset(config, datasets)
     x_train, y_train = np.asarray(ds.x_train), np.asarray(ds.y_train)
-    check_sizes(config, int(x_train.shape[0]))
-    module = models_lib.create(
-        config.model, int(ds.num_classes), input_shape=tuple(x_train.shape[1:]), **dict(config.model_options)
-    )
     root = jax.random.key(config.seed)
     env = LoopEnv(
         config=config,
@@ -274,6 +355,11 @@ def run(
             ck_path, variables_template=initial_vars, fingerprint=fingerprint, config=config_dict, ignore=RESUMABLE_KEYS
         )
         state = LoopState(ck.round, ck.labeled, ck.variables, ck.strategy_state, tuple(ck.records))
+        if config.rounds < state.round:
+            raise ValueError(
+                f"{out_dir} has already recorded rounds 0..{state.round}; rounds={config.rounds} would drop some. "
+                f"Resume with rounds >= {state.round} (CLI: --rounds {state.round}), or read its records as they are"
+            )
     else:
         state = LoopState(-1, np.zeros(0, dtype=np.int64), initial_vars, None, ())
     # The checkpoint is the truth: drop any record written after it (a kill between

@@ -34,10 +34,12 @@ import numpy as np
 
 from jaxal.validation import check_budget, check_choice, check_finite
 
-__all__ = ["kmeanspp", "kmeanspp_factored", "min_sqdist_to_centres", "d2_probabilities"]
+__all__ = ["kmeanspp", "kmeanspp_factored", "min_sqdist_to_centres", "d2_probabilities", "FIRST_CENTRES",
+           "STORAGE_DTYPES"]
 
-_FIRST = ("max_norm", "uniform")
+FIRST_CENTRES = ("max_norm", "uniform")  # how the first centre is chosen (``first=``)
 _DTYPES = {None: None, "float32": jnp.float32, "bfloat16": jnp.bfloat16}
+STORAGE_DTYPES = ("float32", "bfloat16")  # ``dtype=`` values besides None
 _REL_TOL = 1e-5  # D² below this fraction of n_x + n_c is rounding noise of the expansion
 _BLOCK = 256  # inverse-CDF sampling: block sums first, then a cumsum inside one block
 
@@ -126,7 +128,7 @@ def _check(factors, budget, first) -> int:
         if np.ndim(f) != 2 or int(np.shape(f)[0]) != n:
             raise ValueError(f"factor {k} must be [N, d_k] with N={n}, got shape {np.shape(f)}")
         check_finite(f"factor {k} (features)", f)
-    check_choice("first", first, _FIRST)
+    check_choice("first", first, FIRST_CENTRES)
     return check_budget(budget, n)
 
 

@@ -33,13 +33,14 @@ count at query time, so the picks are rows ``n_before .. n_before + B − 1``.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import numpy as np
 
 from jaxal.model import predict_logits
 from jaxal.strategies.base import Context, Query, get, register
+from jaxal.validation import check_positive
 
 __all__ = ["ALBLState", "exp4p_update", "iw_accuracy", "albl"]
 
@@ -134,7 +135,21 @@ def _observe(ctx: Context, state: ALBLState, delta: float) -> ALBLState:
     return state._replace(log_weights=lw - lw.max(), positions=positions, q=q, last_reward=r)
 
 
-@register("albl")
+def _check(options: dict, *, budget: int, model: Any = None, sequential: bool = False) -> None:
+    experts = tuple(options.get("strategies", DEFAULT_EXPERTS))
+    if not experts:
+        raise ValueError("strategies is empty: ALBL needs at least one expert")
+    if "albl" in experts:
+        raise ValueError("strategies must not contain 'albl' itself")
+    for name in experts:
+        get(name)  # ValueError listing the valid names
+    check_positive(options, "horizon")
+    for name in ("delta", "max_floor"):
+        if name in options and not 0 < options[name] < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {options[name]}")
+
+
+@register("albl", check=_check)
 def albl(
     key: jax.Array,
     ctx: Context,
@@ -197,7 +212,10 @@ def albl(
         picks.append(j)
         advice.append(xi[:, j])
         prob.append(p[j])
-        vhat.append((xi[:, available] / p[available]).sum(axis=1))
+        # xi / p, with 0 where p = 0: with one non-random expert ln(K) = 0 gives no uniform
+        # floor, and the points no expert advises then have p = 0 and xi = 0
+        q_av, xi_av = p[available], xi[:, available]
+        vhat.append(np.divide(xi_av, q_av, out=np.zeros_like(xi_av), where=q_av > 0).sum(axis=1))
         p_mins.append(p_min)
         k_arms.append(k)
         available[j] = False
@@ -205,5 +223,6 @@ def albl(
         advice=np.asarray(advice), prob=np.asarray(prob), vhat=np.asarray(vhat), p_min=np.asarray(p_mins),
         k_arms=np.asarray(k_arms, np.int64), n_before=int(np.shape(ctx.x_labeled)[0]),
     )
-    info = {"weights": w.tolist(), "experts": list(state.experts), "reward": state.last_reward}
+    reward = None if np.isnan(state.last_reward) else float(state.last_reward)  # None (JSON null) before the first
+    info = {"weights": w.tolist(), "experts": list(state.experts), "reward": reward}
     return Query(indices=np.asarray(picks, np.int64), info=info, state=new_state)

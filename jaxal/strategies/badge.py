@@ -19,12 +19,13 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxal.model import batched, embed
-from jaxal.ops.kmeanspp import kmeanspp, kmeanspp_factored
+from jaxal.ops.kmeanspp import FIRST_CENTRES, STORAGE_DTYPES, kmeanspp, kmeanspp_factored
 from jaxal.strategies.base import Context, Query, register
-from jaxal.validation import check_finite
+from jaxal.validation import check_choice, check_finite, check_positive
 
 __all__ = ["badge_factors", "gradient_embedding", "badge"]
 
@@ -33,9 +34,17 @@ def badge_factors(model, x, *, batch_size: int = 4096) -> tuple[jax.Array, jax.A
     """Factors of the Dense-head gradient embedding: ``a = p − e_ŷ [N, C]``, ``h [N, d]``."""
     h = embed(model, x, batch_size)
     check_finite("features h(x_pool)", h)
-    head = jax.jit(lambda ph, hb: _residual(model.head(ph, hb)))
-    a = batched(lambda hb: head(model.params["head"], hb), h, batch_size)
+    # from the host copy of h: a short chunk is then padded to its bucket (a device array
+    # is not), so the head's program is shared by every pool size in the bucket
+    a = batched(lambda hb: _head_residual(model.head, model.params["head"], hb), np.asarray(h), batch_size)
     return a, h
+
+
+@partial(jax.jit, static_argnames=("head",))
+def _head_residual(head, params_head, h):
+    # one program per head and chunk bucket, reused by every round (a jit of a fresh
+    # lambda here compiled again at each query)
+    return _residual(head(params_head, h))
 
 
 def _residual(logits: jax.Array) -> jax.Array:
@@ -80,7 +89,16 @@ def gradient_embedding(model, x, *, bias: bool = True, batch_size: int = 1024) -
     return batched(lambda hb: _grad_chunk(model.head, model.params["head"], hb, bias), h, batch_size)
 
 
-@register("badge")
+def _check(options: dict, *, budget: int, model: Any = None, sequential: bool = False) -> None:
+    check_positive(options, "batch_size")
+    check_choice("first", options.get("first", "max_norm"), FIRST_CENTRES)
+    if options.get("dtype") is not None:
+        check_choice("dtype", options["dtype"], STORAGE_DTYPES)
+    if options.get("fast") and model is not None and not model.dense_head:
+        raise ValueError("fast=True needs a Dense head (model.dense_head is False); leave fast unset")
+
+
+@register("badge", check=_check)
 def badge(
     key: jax.Array,
     ctx: Context,

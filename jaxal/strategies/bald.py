@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxal.ops.entropy import entropy
 from jaxal.strategies.base import Context, register, top_k_indices
+from jaxal.validation import check_positive
 
 __all__ = ["bald_from_probs", "bald_scores", "bald"]
 
@@ -69,10 +70,7 @@ def bald_scores(
         mode = "params"
     else:
         if not model.stochastic:
-            raise ValueError(
-                "bald needs a stochastic model (MC dropout: build it with "
-                "from_linen(..., stochastic_kwargs={...})) or params_ensemble=[params, ...]"
-            )
+            raise ValueError(_DETERMINISTIC)
         if key is None:
             raise ValueError("bald with MC dropout needs a key")
         if num_samples < 2:
@@ -96,7 +94,22 @@ def _apply_key(model, key, x):
     return model.apply(model.params, x, key)
 
 
-@register("bald")
+def _check(options: dict, *, budget: int, model: Any = None, sequential: bool = False) -> None:
+    check_positive(options, "batch_size")
+    if options.get("num_samples", 2) < 2:
+        raise ValueError(f"num_samples must be at least 2, got {options['num_samples']}")
+    if options.get("params_ensemble") is None and model is not None and not model.stochastic:
+        raise ValueError(_DETERMINISTIC)
+
+
+_DETERMINISTIC = (
+    "bald needs a stochastic model (MC dropout), and this model has no dropout. On the command line add "
+    "--model-option dropout_rate=0.2 (mlp, cnn and wrn take it); in Python build the network with dropout and "
+    "adapt it with jaxal.model.from_linen(..., stochastic_kwargs={...}), or pass params_ensemble=[params, ...]"
+)
+
+
+@register("bald", check=_check)
 def bald(
     key: jax.Array,
     ctx: Context,

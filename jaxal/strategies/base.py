@@ -16,6 +16,7 @@ and ``@register("name")``; a score-ranked one returns ``top_k_indices(scores, bu
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 import jax
@@ -28,13 +29,16 @@ from jaxal.validation import (
     check_budget,
     check_choice,
     check_finite,
+    check_key,
     check_labels,
     check_nonempty,
+    check_option_types,
+    check_positive,
     check_same_length,
 )
 
 __all__ = ["Context", "Query", "Strategy", "Entry", "register", "get", "entry", "names", "sequential_mode",
-           "sequential_names", "option_names", "check_options", "select", "make_context", "as_query", "top_k_indices"]
+           "sequential_names", "option_names", "check_options", "select", "make_context", "as_query", "top_k_indices", "positive_options"]
 
 
 class Context(NamedTuple):
@@ -87,19 +91,26 @@ class Entry(NamedTuple):
       sequential: its oracle-in-the-loop twin ``(key, ctx, budget, oracle, **options)``,
         or ``None`` when it has none.
       options: the option names it accepts, or ``None`` for "read its signature".
+      check: ``check(options, budget=..., model=..., sequential=...)`` raising ``ValueError`` for option
+        values that cannot work (a group size that does not divide the budget, a
+        deterministic model for MC dropout), or ``None``. Run before any training.
+      hints: the options' type hints (from the signature or the options NamedTuple),
+        used to refuse ill-typed values up front.
     """
 
     name: str
     fn: Strategy
     sequential: Callable[..., Any] | None
     options: tuple[str, ...] | None
+    check: Callable[..., None] | None = None
+    hints: Mapping[str, Any] = {}
 
 
 _REGISTRY: dict[str, Entry] = {}
 
 
 def register(name: str, *, sequential: Callable[..., Any] | None = None,
-             options: Any = None) -> Callable[[Strategy], Strategy]:
+             options: Any = None, check: Callable[..., None] | None = None) -> Callable[[Strategy], Strategy]:
     """Decorator registering a strategy function under ``name``.
 
     Args:
@@ -109,7 +120,13 @@ def register(name: str, *, sequential: Callable[..., Any] | None = None,
         ``--sequential`` / ``NAME-seq``).
       options: when the strategy takes ``**options``, the names it accepts (a sequence,
         or a NamedTuple class whose fields are the names), so configurations are
-        checked before any training.
+        checked before any training; a NamedTuple's annotations also type-check them.
+      check: optional ``check(options: dict, *, budget: int, model: Model | None,
+        sequential: bool)`` raising ``ValueError`` for values no query could use; :func:`check_options`
+        runs it before any training and :func:`select` before each query.
+
+    Option values are type-checked against the function's annotations (``int``,
+    ``float``, ``bool``, ``str``, ``Literal[...]``, ``X | None``).
 
     A strategy defined outside jaxal registers the same way; it is then available to
     :func:`select`, ``jaxal run --strategy`` (with ``--import MODULE``) and the grid.
@@ -120,10 +137,33 @@ def register(name: str, *, sequential: Callable[..., Any] | None = None,
         old = _REGISTRY.get(name)
         if old is not None and old.fn is not fn and _origin(old.fn) != _origin(fn):
             raise ValueError(f"strategy {name!r} is already registered (by {'.'.join(_origin(old.fn))})")
-        _REGISTRY[name] = Entry(name, fn, sequential, names)
+        hints = _hints(options) if hasattr(options, "_fields") else _hints(fn, skip=3)
+        _REGISTRY[name] = Entry(name, fn, sequential, names, check, hints)
         return fn
 
     return deco
+
+
+def positive_options(*option_names: str) -> Callable[..., None]:
+    """A ``check`` for :func:`register`: each named option, when given, is an integer >= 1."""
+
+    def check(options: Mapping[str, Any], *, budget: int, model: Model | None = None, sequential: bool = False) -> None:
+        check_positive(options, *option_names)
+
+    return check
+
+
+def _hints(obj: Any, skip: int = 0) -> dict[str, Any]:
+    """Type hints of ``obj``'s options (a function's parameters after the first ``skip``,
+    or a NamedTuple's fields); unresolvable annotations are left unchecked."""
+    try:
+        hints = typing.get_type_hints(obj)
+    except Exception:  # annotations naming what the module does not import at run time
+        return {}
+    if hasattr(obj, "_fields"):
+        return {k: hints[k] for k in obj._fields if k in hints}
+    params = list(inspect.signature(obj).parameters)[skip:]
+    return {k: hints[k] for k in params if k in hints}
 
 
 def _origin(fn: Any) -> tuple[str, str]:
@@ -171,10 +211,14 @@ def option_names(name: str, sequential: bool = False) -> tuple[str, ...] | None:
                                                       inspect.Parameter.POSITIONAL_OR_KEYWORD))
 
 
-def check_options(name: str, options: Mapping[str, Any], sequential: bool = False) -> None:
-    """Raise ``ValueError`` when ``options`` holds a name strategy ``name`` does not take.
+def check_options(name: str, options: Mapping[str, Any], sequential: bool = False, *,
+                  budget: int | None = None, model: Model | None = None) -> None:
+    """Raise ``ValueError`` for options strategy ``name`` cannot use.
 
-    Checked before any training, so a typo fails in a second, not after round 0.
+    Checks, in order: option names; value types against the strategy's annotations;
+    and, when ``budget`` is given, the strategy's own ``check`` (values that need the
+    budget or the model, e.g. CRC's group size, BALD's dropout). Run before any
+    training, so a typo fails in a second, not after round 0.
     """
     if sequential and entry(name).sequential is None:
         raise ValueError(
@@ -187,6 +231,13 @@ def check_options(name: str, options: Mapping[str, Any], sequential: bool = Fals
         raise ValueError(
             f"strategy {name!r} takes no option {', '.join(unknown)}; its options: {', '.join(valid) or 'none'}"
         )
+    e = entry(name)
+    check_option_types(f"strategy {name!r}", options, e.hints)
+    if e.check is not None and budget is not None:
+        try:
+            e.check(dict(options), budget=int(budget), model=model, sequential=bool(sequential))
+        except ValueError as err:
+            raise ValueError(f"strategy {name!r}: {err}") from None
 
 
 def make_context(
@@ -210,10 +261,30 @@ def make_context(
             f"shape {np.shape(x_pool)[1:]}"
         )
     if num_classes is None:
-        num_classes = _num_classes(model, np.asarray(x_pool))
+        num_classes = _model_outputs(model, x_pool)
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     y = np.asarray(y_labeled)
     check_labels("y_labeled", y, num_classes)
     return Context(model, x_labeled, y.astype(np.int32), x_pool, int(num_classes), state, round)
+
+
+def _model_outputs(model: Model, x_pool: Any) -> int:
+    """The model's number of logits on ``x_pool``'s rows (shape inference, no FLOPs), or
+    a ``ValueError`` saying the model does not take rows of that shape."""
+    if not isinstance(model, Model):
+        raise ValueError(
+            f"model must be a jaxal.model.Model (adapt a Flax module with jaxal.model.from_linen or from_nnx), "
+            f"got {type(model).__name__}"
+        )
+    try:
+        return _num_classes(model, np.asarray(x_pool[:1]))
+    except Exception as e:  # flax's shape errors come from deep inside the module: say what they mean
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ValueError(
+            f"the model does not accept x_pool rows of shape {tuple(np.shape(x_pool)[1:])} "
+            f"({type(e).__name__}: {first}); were its params built for inputs of another shape?"
+        ) from None
 
 
 def as_query(result: Any, budget: int, pool_size: int, name: str = "strategy") -> Query:
@@ -245,14 +316,50 @@ def select(
 ) -> Any:
     """Pick ``budget`` pool indices with a strategy given by name or as a function.
 
-    Returns a ``[budget]`` int array (or the full :class:`Query` with
-    ``return_query=True``).
+    Args:
+      strategy: a registered name (:func:`names` lists them; ``jaxal.strategies``'
+        module docstring says what each does) or a strategy function.
+      key: a ``jax.random`` key (``jax.random.key(0)``); the same key, the same picks.
+      model: the trained :class:`~jaxal.model.Model` (``jaxal.model.from_linen`` /
+        ``from_nnx`` adapt a Flax module and its variables).
+      x_labeled: ``[L, ...]`` inputs already labeled (``L`` may be 0 for strategies
+        that do not use them).
+      y_labeled: ``[L]`` integer class labels in ``[0, num_classes)``.
+      x_pool: ``[U, ...]`` unlabeled candidates, rows shaped like ``x_labeled``'s.
+      budget: how many to pick, ``1 <= budget <= U``.
+      num_classes: the number of classes ``C``; default: the model's number of
+        outputs. When given it must equal the model's number of outputs.
+      state: a stateful strategy's state from the previous round (ALBL), else ``None``.
+      return_query: return the whole :class:`Query` (``indices``, diagnostics
+        ``info``, new ``state``) instead of the indices.
+      **options: the strategy's options (:func:`option_names` lists them; see the
+        strategy function's docstring, e.g. ``help(jaxal.strategies.crc.crc)``).
+        Unknown names and ill-typed values raise ``ValueError`` before any work.
+
+    Returns:
+      A ``[budget]`` int64 array of distinct indices into ``x_pool`` (or the full
+      :class:`Query` with ``return_query=True``).
+
+    Raises:
+      ValueError: bad input, naming the argument: key, shapes, labels, budget,
+        ``num_classes``, options, or a model that does not accept ``x_pool``'s rows.
     """
+    check_key("key", key)
+    if isinstance(strategy, str):
+        check_options(strategy, options)  # names and types first: no model work for a typo
     fn = get(strategy) if isinstance(strategy, str) else strategy
+    outputs = _model_outputs(model, x_pool)  # also: does the model take these rows at all?
+    if num_classes is not None and not isinstance(num_classes, bool) and num_classes != outputs:
+        raise ValueError(
+            f"num_classes={num_classes} but the model has {outputs} outputs (logits); pass the model's number of "
+            "classes, or leave num_classes out to use it"
+        )
     ctx = make_context(
         model, x_labeled=x_labeled, y_labeled=y_labeled, x_pool=x_pool, num_classes=num_classes, state=state
     )
     budget = check_budget(budget, int(np.shape(x_pool)[0]))
+    if isinstance(strategy, str):
+        check_options(strategy, options, budget=budget, model=ctx.model)
     q = as_query(fn(key, ctx, budget, **options), budget, int(np.shape(x_pool)[0]), getattr(fn, "__name__", "strategy"))
     return q if return_query else q.indices
 

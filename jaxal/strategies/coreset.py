@@ -12,12 +12,12 @@ import numpy as np
 
 from jaxal.model import embed
 from jaxal.ops.kcenter import k_center_greedy, min_sqdist_to_set  # noqa: F401  (re-exported)
-from jaxal.strategies.base import Context, register
+from jaxal.strategies.base import Context, positive_options, register
 
 __all__ = ["coreset"]
 
 
-@register("coreset")
+@register("coreset", check=positive_options("batch_size", "chunk"))
 def coreset(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096, chunk: int = 256) -> np.ndarray:
     """k-centre greedy on ``embed(model, x)``, distances to every labeled point."""
     hp = embed(ctx.model, ctx.x_pool, batch_size)

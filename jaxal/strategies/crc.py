@@ -82,7 +82,7 @@ from jaxal.ops.spectral import (
     scores_from_spectra,
 )
 from jaxal.strategies.base import Context, Query, register, top_k_indices
-from jaxal.validation import check_choice
+from jaxal.validation import check_choice, check_positive
 
 __all__ = ["crc", "group_scores", "default_group_size", "random_groups", "class_balanced_groups", "CRCTieWarning"]
 
@@ -348,7 +348,28 @@ def _tie_report(scores: np.ndarray, best: np.ndarray) -> tuple[int, bool]:
     return top_ties, decided
 
 
-@register("crc")
+def _check(options: dict, *, budget: int, model: Any = None, sequential: bool = False) -> None:
+    """CRC's options before any training: names of subset/method/spectrum, positive sizes,
+    and a group size that divides the budget (see ``register(check=)``)."""
+    with warnings.catch_warnings():  # the deprecation warning is given once, at the query
+        warnings.simplefilter("ignore", DeprecationWarning)
+        subset = _subset(options.get("subset", "head"), options.get("kernel"))
+    method = options.get("method", "auto")
+    check_choice("method", method, METHODS)
+    check_choice("spectrum", options.get("spectrum", "generic"), SPECTRA)
+    check_positive(options, "group_size", "max_groups", "per_class", "memory_bytes", "batch_size")
+    if (options.get("pool_labels") is None) != (options.get("per_class") is None):
+        raise ValueError("pool_labels and per_class must be given together (pseudo-AL setting)")
+    g = options.get("group_size")
+    if g is not None and budget % g:
+        divisors = [d for d in range(1, budget + 1) if budget % d == 0]
+        raise ValueError(f"group_size={g} must divide the query size budget={budget}; "
+                         f"group sizes that do: {', '.join(map(str, divisors))}")
+    if method == "dual" and model is not None and not (subset == "head" and model.dense_head):
+        raise ValueError("method='dual' needs subset='head' and a Dense head (model.dense_head)")
+
+
+@register("crc", check=_check)
 def crc(
     key: jax.Array,
     ctx: Context,

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxal.model import batched, embed
-from jaxal.strategies.base import Context, register, top_k_indices
+from jaxal.strategies.base import Context, positive_options, register, top_k_indices
 
 __all__ = ["egl_scores", "egl"]
 
@@ -52,7 +52,7 @@ def egl_scores(model, x, *, fast: bool | None = None, batch_size: int = 1024) ->
     return batched(lambda hb: fn(model, hb), h, batch_size)
 
 
-@register("egl")
+@register("egl", check=positive_options("batch_size"))
 def egl(key: jax.Array, ctx: Context, budget: int, *, fast: bool | None = None, batch_size: int = 1024) -> np.ndarray:
     """Top-``budget`` pool points by expected squared gradient norm of the head."""
     return top_k_indices(egl_scores(ctx.model, ctx.x_pool, fast=fast, batch_size=batch_size), budget, key)

@@ -58,7 +58,7 @@ default: the step that fits the candidate's residual), ``depth``
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, get_type_hints
 
 import jax
 import jax.numpy as jnp
@@ -68,10 +68,11 @@ from jaxal.interrupt import check as check_interrupt
 from jaxal.lookahead import core
 from jaxal.lookahead.baselines import one_step_sgd_scores
 from jaxal.lookahead.from_model import APPROXIMATIONS as KERNEL_APPROXIMATIONS
+from jaxal.lookahead.from_model import CONTRACTIONS
 from jaxal.lookahead.from_model import init_from_model
 from jaxal.ops.random import split
 from jaxal.strategies.base import Context, Query, register, top_k_indices
-from jaxal.validation import check_choice
+from jaxal.validation import check_choice, check_positive
 
 __all__ = ["mlmoc", "emoc", "eer", "flip_rate", "mlmoc_sequential", "emoc_sequential", "eer_sequential",
            "flip_rate_sequential", "LookaheadOptions"]
@@ -98,8 +99,10 @@ class LookaheadOptions(NamedTuple):
     chunk_size: int | None = None
 
 
-# The names the registry accepts: the options plus ``kernel``, the 0.1 name of ``approximation``.
-_ACCEPTED_OPTIONS = LookaheadOptions._fields + ("kernel",)
+# What the registry accepts (names and types): the options plus ``kernel``, the 0.1 name
+# of ``approximation``.
+_ACCEPTED_OPTIONS = NamedTuple("LookaheadAcceptedOptions",
+                               [*get_type_hints(LookaheadOptions).items(), ("kernel", str | None)])
 
 
 def _options(options: dict) -> LookaheadOptions:
@@ -118,6 +121,21 @@ def _options(options: dict) -> LookaheadOptions:
     check_choice("probability", o.probability, core.PROBABILITY_MAPS)
     check_choice("reference", o.reference, REFERENCES)
     return o
+
+
+def _check(options: dict, *, budget: int, model: Any = None, sequential: bool = False) -> None:
+    """The look-ahead options' types and values, before any training (see ``register(check=)``)."""
+    with warnings.catch_warnings():  # the deprecation warning is given once, at the query
+        warnings.simplefilter("ignore", DeprecationWarning)
+        o = _options(options)
+    check_choice("contraction", o.contraction, CONTRACTIONS)
+    check_positive(options, "eval_size", "depth", "chunk_size")
+    if o.eval_size is not None and o.eval_size < budget:
+        raise ValueError(f"eval_size={o.eval_size} is smaller than budget={budget}: it must be >= budget")
+    if sequential:
+        check_choice("approximation", o.approximation, KERNEL_APPROXIMATIONS)
+    elif o.approximation == "sgd" and o.batch != "topk":
+        raise ValueError("batch='greedy' needs a kernel look-ahead; approximation='sgd' supports batch='topk' only")
 
 
 def _eval_rows(key: jax.Array, pool_size: int, budget: int, eval_size: int | None) -> np.ndarray:
@@ -218,25 +236,25 @@ def flip_rate_sequential(key: jax.Array, ctx: Context, budget: int, oracle: Call
     return _sequential_query("flip_rate", key, ctx, budget, oracle, options)
 
 
-@register("mlmoc", sequential=mlmoc_sequential, options=_ACCEPTED_OPTIONS)
+@register("mlmoc", sequential=mlmoc_sequential, options=_ACCEPTED_OPTIONS, check=_check)
 def mlmoc(key: jax.Array, ctx: Context, budget: int, **options: Any) -> Query:
     """Maximum linearised model output change under the pseudo-label ``argmax f(x')``: largest first."""
     return _batch_query("mlmoc", key, ctx, budget, options)
 
 
-@register("emoc", sequential=emoc_sequential, options=_ACCEPTED_OPTIONS)
+@register("emoc", sequential=emoc_sequential, options=_ACCEPTED_OPTIONS, check=_check)
 def emoc(key: jax.Array, ctx: Context, budget: int, **options: Any) -> Query:
     """Expected model output change over ``y' ~ p(f(x'))``: largest first."""
     return _batch_query("emoc", key, ctx, budget, options)
 
 
-@register("eer", sequential=eer_sequential, options=_ACCEPTED_OPTIONS)
+@register("eer", sequential=eer_sequential, options=_ACCEPTED_OPTIONS, check=_check)
 def eer(key: jax.Array, ctx: Context, budget: int, **options: Any) -> Query:
     """Expected error reduction: lowest expected mean entropy of ``p(f⁺_lin)`` over ``S`` first."""
     return _batch_query("eer", key, ctx, budget, options)
 
 
-@register("flip_rate", sequential=flip_rate_sequential, options=_ACCEPTED_OPTIONS)
+@register("flip_rate", sequential=flip_rate_sequential, options=_ACCEPTED_OPTIONS, check=_check)
 def flip_rate(key: jax.Array, ctx: Context, budget: int, **options: Any) -> Query:
     """Fraction of ``S`` whose argmax changes under the pseudo-label: largest first."""
     return _batch_query("flip_rate", key, ctx, budget, options)

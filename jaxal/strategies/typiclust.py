@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from jaxal.model import embed
-from jaxal.strategies.base import Context, register
+from jaxal.strategies.base import Context, positive_options, register
 from jaxal.validation import check_budget, check_finite
 
 __all__ = ["typicality", "typiclust_select", "typiclust"]
@@ -71,7 +71,7 @@ def typiclust_select(
     return np.asarray(picks, np.int64)
 
 
-@register("typiclust")
+@register("typiclust", check=positive_options("k_nn", "batch_size"))
 def typiclust(key: jax.Array, ctx: Context, budget: int, *, k_nn: int = 20, batch_size: int = 4096) -> np.ndarray:
     """TypiClust on ``embed(model, x)`` of the labeled set and the pool."""
     hp = np.asarray(embed(ctx.model, ctx.x_pool, batch_size))

@@ -9,7 +9,7 @@ import numpy as np
 from jaxal.model import predict_probs_then
 from jaxal.ops.entropy import entropy as entropy_of
 from jaxal.ops.random import host_rng
-from jaxal.strategies.base import Context, register, top_k_indices
+from jaxal.strategies.base import Context, positive_options, register, top_k_indices
 
 
 @register("random")
@@ -37,19 +37,19 @@ def entropy_scores(probs: jax.Array) -> jax.Array:
     return entropy_of(probs)
 
 
-@register("least_confidence")
+@register("least_confidence", check=positive_options("batch_size"))
 def least_confidence(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
     """Top-``budget`` pool points by ``1 - max_c p_c`` (ties broken at random)."""
     return top_k_indices(predict_probs_then(ctx.model, ctx.x_pool, least_confidence_scores, batch_size), budget, key)
 
 
-@register("margin")
+@register("margin", check=positive_options("batch_size"))
 def margin(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
     """Top-``budget`` pool points by the smallest gap between the two likeliest classes."""
     return top_k_indices(predict_probs_then(ctx.model, ctx.x_pool, margin_scores, batch_size), budget, key)
 
 
-@register("entropy")
+@register("entropy", check=positive_options("batch_size"))
 def entropy(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
     """Top-``budget`` pool points by predictive entropy (ties broken at random)."""
     return top_k_indices(predict_probs_then(ctx.model, ctx.x_pool, entropy_scores, batch_size), budget, key)
