@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     big = result["query"][-1]
     result["greedy_over_topk"] = big["greedy_over_topk"]
     result["duplicate_fraction"] = {m: v["mean"] for m, v in result["redundancy"].items()}
-    print(f"redundancy (fraction of a batch of 20 that repeats a point of the same batch): "
+    print("redundancy (fraction of a batch of 20 that repeats a point of the same batch): "
           + ", ".join(f"{m} {v:.3f}" for m, v in result["duplicate_fraction"].items()), flush=True)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

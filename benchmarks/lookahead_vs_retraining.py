@@ -196,7 +196,7 @@ def choose_steps(k_ll: np.ndarray, k_cl: np.ndarray, k_cc: np.ndarray, a: float,
     predicted fitted fraction reaches ``target`` (``0.5``: the median candidate; ``0``:
     every candidate). Returns ``(T, predicted fractions [m])``.
     """
-    n_l, m = k_ll.shape[0], k_cl.shape[0]
+    m = k_cl.shape[0]
     eig = []
     for j in range(m):
         g = np.block([[k_ll, k_cl[j][:, None]], [k_cl[j][None, :], np.array([[k_cc[j]]])]])

@@ -16,6 +16,7 @@ k-means++ on the materialised ``[N, P]`` embeddings.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
