@@ -4,8 +4,8 @@ Runs a small experiment once uninterrupted (the reference), then again and again
 under fire until the signals are spent (a fresh directory per trial): start it
 (``--resume`` once its directory exists), wait a random time, send SIGINT or SIGKILL
 (chosen at random), and repeat until the run completes. One signal in four lands
-during start-up (a random moment 0.1-1 s after launch, while JAX and the data load;
-the interpreter's own first tens of milliseconds, before any jaxal code runs, are
+during start-up (a random moment in the half second after jaxlib starts loading, while
+JAX and the data load; the interpreter's own start-up before any jaxal code runs is
 left out: no Python program can handle a signal there); the others after the run has started (its ``config.json`` is written) plus a
 random time. Checks every exit:
 
@@ -52,6 +52,21 @@ def wait_for_start(proc: subprocess.Popen, out: str, since: float) -> None:
         time.sleep(0.01)
 
 
+def wait_for_jax_loading(proc: subprocess.Popen) -> None:
+    """Until the process maps jaxlib (Linux ``/proc``; elsewhere a fixed 0.3 s)."""
+    if not os.path.exists("/proc/self/maps"):
+        time.sleep(0.3)
+        return
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/maps") as f:
+                if "jaxlib" in f.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.005)
+
+
 def records(out: str) -> list[dict]:
     with open(os.path.join(out, "entropy", "seed0", "records.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -96,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
             starts += 1
             if sent < target:
                 if rng.random() < 0.25:  # during start-up (after the interpreter's own, see above)
-                    time.sleep(float(rng.uniform(0.1, 1.0)))
+                    wait_for_jax_loading(proc)
+                    time.sleep(float(rng.uniform(0.0, 0.5)))
                 else:  # from the moment the run has started (its config is written), a random delay
                     wait_for_start(proc, out, since)
                     time.sleep(float(rng.uniform(0.0, 0.8 * ref_seconds)))

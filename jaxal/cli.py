@@ -499,7 +499,8 @@ def compare_command(args: argparse.Namespace) -> int:
     console = Console(soft_wrap=True, highlight=False)
     configs = compare_configs(args)
     out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-    notes = preflight_all(configs, out, True, {}, must_exist=False)  # compare always resumes
+    datasets: dict = {}  # loaded once: for these checks and for the runs
+    notes = preflight_all(configs, out, True, datasets, must_exist=False)  # compare always resumes
     args.out_resolved = out
     cells = plan(configs, out)
     states = [run_status(c) for c in cells]
@@ -514,7 +515,7 @@ def compare_command(args: argparse.Namespace) -> int:
         console.print(f"note: {note}", markup=False)
     t0 = time.perf_counter()
     _, report = compare(configs, out, reference=args.reference, progress=not args.quiet and console.is_terminal,
-                        title=args.title)
+                        title=args.title, datasets=datasets)
     console.print(f"grid finished in {time.perf_counter() - t0:.1f} s")
     _print_report(console, report)
     return 0

@@ -67,12 +67,28 @@ def test_ctrl_c_exits_130_once_and_resumes_to_the_same_records(tmp_path, after_r
     assert [r["test_accuracy"] for r in got] == [r["test_accuracy"] for r in want]
 
 
-@pytest.mark.parametrize("delay", [0.15, 0.5])
+def wait_for_jax_loading(proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until the process has started loading jaxlib (so jaxal's program code runs: the
+    interpreter's own start-up, which no Python program can guard, is over)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/maps") as f:
+                if "jaxlib" in f.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.005)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("delay", [0.0, 0.3])
 def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path, delay):
     """While Python loads JAX and the data (before any run exists): exit 130, one line,
     no traceback, and no run directory to resume."""
     out = tmp_path / "out"
     proc = subprocess.Popen(_cli(tmp_path, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_jax_loading(proc)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)

@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple, Sequence
 from jaxal.experiment import checkpoint as ckpt
 from jaxal.experiment import records as ev
 from jaxal.experiment.config import ExperimentConfig, check_same_run, validate
-from jaxal.experiment.loop import CHECKPOINT_FILE, run
+from jaxal.experiment.loop import CHECKPOINT_FILE, preflight, run
 from jaxal.experiment.progress import progress_bar
 from jaxal.experiment.report import Report, write_report
 
@@ -129,8 +129,12 @@ def run_grid(
     progress: bool = False,
     on_event: Callable[[GridRun, str, int], None] | None = None,
     labels: Sequence[str] | None = None,
+    datasets: dict | None = None,
 ) -> ev.Runs:
     """Run (or resume) every cell of the grid; skip finished ones.
+
+    Every cell still to run is checked (:func:`jaxal.experiment.loop.preflight`) before
+    the first one trains, so a bad arm fails the grid in seconds, not hours in.
 
     Args:
       configs: one config per (strategy / sequential flag, seed).
@@ -140,6 +144,8 @@ def run_grid(
         completed) for a finished run, then for runs that train the loop's events
         ``"queried"``, ``"trained"``, ``"recorded"``, ``"checkpointed"``.
       labels: one arm name per config (see :func:`plan`).
+      datasets: the data-set cache to share (see :func:`jaxal.experiment.loop.run`);
+        default: a new one for this grid.
 
     Returns:
       ``runs[label][seed] = records`` for every cell.
@@ -154,7 +160,10 @@ def run_grid(
         for c, s in zip(cells, status)
     )
     results: ev.Runs = {}
-    datasets: dict = {}  # each data set loaded once for the whole grid
+    datasets = {} if datasets is None else datasets  # each data set loaded once for the whole grid
+    for cell, st in zip(cells, status):
+        if st != DONE:
+            preflight(cell.config, datasets)
     runs = len(cells)
     with progress_bar(progress, f"grid 0/{runs} runs", total, completed=completed, unit="rounds", eta=True) as update:
         for k, (cell, st) in enumerate(zip(cells, status)):
@@ -185,9 +194,10 @@ def compare(
     progress: bool = False,
     on_event: Callable[[GridRun, str, int], None] | None = None,
     title: str | None = None,
+    datasets: dict | None = None,
 ) -> tuple[ev.Runs, Report]:
     """Run the grid (:func:`run_grid`) and write its evaluation into ``out_dir``
     (:func:`jaxal.experiment.report.write_report`: curves, differences to random, AUBC, penalty
     matrix, summary). Returns ``(runs, report)``."""
-    runs = run_grid(configs, out_dir, progress=progress, on_event=on_event)
+    runs = run_grid(configs, out_dir, progress=progress, on_event=on_event, datasets=datasets)
     return runs, write_report(runs, out_dir, reference=reference, title=title)
