@@ -1,11 +1,16 @@
 """NTK look-ahead maths against brute-force bordered-kernel solves (float64)."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxal import models
 from jaxal.lookahead import core
+from jaxal.lookahead.from_model import init_from_model
+from jaxal.ops.linalg import MAX_RELATIVE_JITTER, JitterWarning
 
 
 def _problem(rng, n_l=6, n_s=9, c=3, full=False, p=40):
@@ -32,16 +37,22 @@ def _flat(k):
     return k.transpose(0, 2, 1, 3).reshape(n1 * c, n2 * c)
 
 
-def _lookahead_bruteforce(k, f, y_l, n_l, j, target):
-    """f⁺_lin on S after adding (x_j, target) by a fresh solve of the bordered kernel."""
+def _lookahead_bruteforce(k, f, y_l, n_l, j, target, nugget=0.0, candidate_nugget=True):
+    """f⁺_lin on S after adding (x_j, target) by a fresh solve of the bordered kernel.
+
+    ``nugget`` δ is put explicitly on the bordered matrix's diagonal:
+    ``[[K_LL + δI, k_Lx'], [k_x'L, k_x'x' + δ]]`` (``candidate_nugget=False``: on ``K_LL`` only).
+    """
     c = f.shape[1]
     rows = list(range(n_l)) + [n_l + j]
     s_rows = list(range(n_l, k.shape[0]))
     resid = np.concatenate([np.eye(c)[y_l], target[None]]) - f[rows]
+    q = 1 if k.ndim == 2 else c
+    noise = nugget * np.repeat(np.r_[np.ones(n_l), float(candidate_nugget)], q)
     if k.ndim == 2:
-        kb = k[np.ix_(rows, rows)]  # [[K_LL, k_Lx'], [k_x'L, k_x'x']]
+        kb = k[np.ix_(rows, rows)] + np.diag(noise)  # [[K_LL, k_Lx'], [k_x'L, k_x'x']] + nugget
         return f[s_rows] + k[np.ix_(s_rows, rows)] @ np.linalg.solve(kb, resid)
-    kb = _flat(k[np.ix_(rows, rows)])
+    kb = _flat(k[np.ix_(rows, rows)]) + np.diag(noise)
     ks = _flat(k[np.ix_(s_rows, rows)])
     return f[s_rows] + (ks @ np.linalg.solve(kb, resid.reshape(-1))).reshape(len(s_rows), c)
 
@@ -56,7 +67,7 @@ def _entropy(p):
     return -np.sum(p * np.log(p))
 
 
-def _bruteforce_scores(k, f, y_l, n_l, objective, candidates=None):
+def _bruteforce_scores(k, f, y_l, n_l, objective, candidates=None, **nugget):
     c = f.shape[1]
     f_s = f[n_l:]
     out = []
@@ -67,7 +78,7 @@ def _bruteforce_scores(k, f, y_l, n_l, objective, candidates=None):
             labels, weights = list(range(c)), list(_softmax(f_s[j]))
         total = 0.0
         for lab, w in zip(labels, weights):
-            new = _lookahead_bruteforce(k, f, y_l, n_l, j, np.eye(c)[lab])
+            new = _lookahead_bruteforce(k, f, y_l, n_l, j, np.eye(c)[lab], **nugget)
             if objective in ("mlmoc", "emoc"):
                 val = np.sum(np.linalg.norm(new - f_s, axis=1))
             elif objective == "eer":
@@ -265,3 +276,108 @@ def test_bad_objective_names_the_argument():
     state, _ = _init(k, f, y, 6)
     with pytest.raises(ValueError, match="objective"):
         core.scores(state, "nope")
+
+
+# ------------------------------------------------------------------- jitter as a nugget
+
+
+def _posterior_bruteforce(k, f, y_rows, rows, n_l, nugget):
+    """Mean and covariance on S given labels on ``rows`` (indices into [L; S]), by a direct
+    float64 solve with the nugget δ explicitly on every labeled row's diagonal."""
+    c = f.shape[1]
+    s_rows = list(range(n_l, k.shape[0]))
+    resid = np.eye(c)[y_rows] - f[rows]
+    if k.ndim == 2:
+        kb = k[np.ix_(rows, rows)] + nugget * np.eye(len(rows))
+        ks = k[np.ix_(s_rows, rows)]
+        return f[s_rows] + ks @ np.linalg.solve(kb, resid), k[np.ix_(s_rows, s_rows)] - ks @ np.linalg.solve(kb, ks.T)
+    kb = _flat(k[np.ix_(rows, rows)]) + nugget * np.eye(len(rows) * c)
+    ks = _flat(k[np.ix_(s_rows, rows)])
+    mean = f[s_rows] + (ks @ np.linalg.solve(kb, resid.reshape(-1))).reshape(len(s_rows), c)
+    return mean, _flat(k[np.ix_(s_rows, s_rows)]) - ks @ np.linalg.solve(kb, ks.T)
+
+
+@pytest.mark.parametrize(
+    "objective,method", [("mlmoc", "auto"), ("mlmoc", "direct"), ("emoc", "auto"), ("eer", "auto")]
+)
+def test_jittered_scores_match_the_bordered_solve_with_the_nugget_on_the_candidate(objective, method):
+    with jax.enable_x64(True):
+        n_l, rel = 6, 0.05  # a large fixed jitter, so the nugget's effect is far above round-off
+        k, f, y = _problem(np.random.default_rng(30), n_l=n_l)
+        delta = rel * np.mean(np.diag(k[:n_l, :n_l]))
+        state, info = _init(k, f, y, n_l, jitter=rel)
+        np.testing.assert_allclose(float(state.nugget), delta, rtol=1e-12)
+        assert bool(info.jitter_ok)
+        got = np.asarray(core.scores(state, objective, method=method)[0])
+        want = _bruteforce_scores(k, f, y, n_l, objective, nugget=delta)
+        np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
+        # the inconsistent choice (nugget on K_LL, none on the candidate) is far off
+        other = _bruteforce_scores(k, f, y, n_l, objective, nugget=delta, candidate_nugget=False)
+        assert np.max(np.abs(other - want)) > 1e3 * (1e-8 * np.max(np.abs(want)) + 1e-10)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_jittered_add_is_the_block_inverse_of_the_bordered_matrix_with_the_nugget(full):
+    with jax.enable_x64(True):
+        n_l, rel = 5, 0.05
+        k, f, y = _problem(np.random.default_rng(31), n_l=n_l, n_s=7, c=3, full=full)
+        k_ll = _flat(k[:n_l, :n_l]) if full else k[:n_l, :n_l]
+        delta = rel * np.mean(np.diag(k_ll))
+        state, _ = _init(k, f, y, n_l, jitter=rel)
+        # Schur complement of the bordered (|L|+1)-matrix vs σ²(x') + δ from the state
+        j = 2
+        rows = list(range(n_l)) + [n_l + j]
+        q = 3 if full else 1
+        kb = (_flat(k[np.ix_(rows, rows)]) if full else k[np.ix_(rows, rows)]) + delta * np.eye(len(rows) * q)
+        m = n_l * q
+        schur = kb[m:, m:] - kb[m:, :m] @ np.linalg.solve(kb[:m, :m], kb[:m, m:])
+        np.testing.assert_allclose(np.asarray(state.cov[j, j]) + delta * np.eye(schur.shape[0]), schur, rtol=1e-9)
+        # two adds = the direct solve with both points appended, every labeled row with nugget δ
+        labeled, labels = list(range(n_l)), list(y)
+        for i, lab in [(j, 1), (5, 0)]:
+            state = core.add(state, i, lab)
+            labeled, labels = labeled + [n_l + i], labels + [lab]
+            mean, cov = _posterior_bruteforce(k, f, np.asarray(labels), labeled, n_l, delta)
+            np.testing.assert_allclose(np.asarray(state.mean), mean, rtol=1e-9, atol=1e-11)
+            got_cov = np.asarray(state.cov)[:, :, 0, 0] if not full else _flat(np.asarray(state.cov))
+            np.testing.assert_allclose(got_cov, cov, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("objective", ["mlmoc", "emoc"])
+def test_jittered_compiled_greedy_equals_python_loop(objective):
+    with jax.enable_x64(True):
+        k, f, y = _problem(np.random.default_rng(32), n_l=5, n_s=15, c=4)
+        state, _ = _init(k, f, y, 5, jitter=0.05)
+        got_idx, got, _ = core.greedy_batch(state, 6, objective)  # closed-form loop
+        want_idx, want, _ = core.greedy_batch_reference(state, 6, objective, method="direct")
+        assert np.asarray(got_idx).tolist() == np.asarray(want_idx).tolist()
+        np.testing.assert_allclose(np.asarray(got.mean), np.asarray(want.mean), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(got.cov), np.asarray(want.cov), rtol=1e-10, atol=1e-12)
+
+
+def test_info_reports_a_failed_factorisation():
+    k, f, y = _problem(np.random.default_rng(33))
+    _, info = _init(k.astype(np.float32), f.astype(np.float32), y, 6)
+    assert bool(info.jitter_ok) and float(info.relative_jitter) == 0.0
+    bad = k.astype(np.float32).copy()
+    bad[:6, :6] -= 2.0 * np.eye(6, dtype=np.float32) * np.mean(np.diag(bad[:6, :6]))  # indefinite K_LL
+    _, info = _init(bad, f.astype(np.float32), y, 6)
+    assert not bool(info.jitter_ok)
+    np.testing.assert_allclose(float(info.relative_jitter), MAX_RELATIVE_JITTER, rtol=1e-6)
+
+
+def test_init_from_model_warns_on_a_failed_factor_and_not_on_a_singular_kernel():
+    module = models.create("mlp", 3, input_shape=(4,), widths=(16, 16))
+    rng = np.random.default_rng(34)
+    x = rng.normal(size=(14, 4)).astype(np.float32)
+    model = models.as_model(module, module.init(jax.random.PRNGKey(0), x[:1]))
+    xl, xu, yl = x[:6].copy(), x[6:], np.array([0, 1, 2, 0, 1, 2])
+    xl[3:] = xl[:3]  # duplicated labeled points: K_LL singular, a small jitter is enough
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JitterWarning)
+        _, info = init_from_model(model, xl, yl, xu)
+    assert bool(info.jitter_ok) and 0 < float(info.relative_jitter) <= 1e-3
+    xl[0] = np.nan  # a NaN input: no jitter can help; warned, flagged, not raised
+    with pytest.warns(JitterWarning, match="not positive semi-definite"):
+        _, info = init_from_model(model, xl, yl, xu)
+    assert not bool(info.jitter_ok)

@@ -23,13 +23,15 @@ Both are handled by one code path: a kernel is ``[n1, n2, q, q]`` with ``q = 1``
 (scalar) or ``q = C`` (full), and outputs are viewed as ``[n, q, m]`` with ``q·m = C``.
 
 The covariance is conditioned by the exact rank-``q`` rule
-``Σ ← Σ − Σ(:, x*) Σ(x*, x*)⁻¹ Σ(x*, :)``, which is what both the greedy batch (with a
-pseudo-label) and the sequential mode (with the true label) apply.
+``Σ ← Σ − Σ(:, x*) (Σ(x*, x*) + δI)⁻¹ Σ(x*, :)`` (``δ`` the nugget, 0 unless ``K_LL``
+was jittered; see Numerics), which is what both the greedy batch (with a pseudo-label)
+and the sequential mode (with the true label) apply.
 
 Scores. Write ``mean = f_lin`` on ``S``, ``reference`` for the current prediction and
 ``c(x) = mean(x) − reference(x)`` (the offset). For candidate ``j`` with label ``y``,
-``Δ(x; j, y) = Σ(x, j) σ²(j)⁻¹ (e_y − mean_j)`` and the look-ahead change of the
-prediction at ``x`` is ``change(x) = c(x) + Δ(x; j, y)``. MLMOC sums ``‖change(x)‖₂``
+``Δ(x; j, y) = Σ(x, j) σ²(j)⁻¹ (e_y − mean_j)`` (here and below ``σ²(j)`` in a
+denominator stands for ``σ²(j) + δ``) and the look-ahead change of the prediction at
+``x`` is ``change(x) = c(x) + Δ(x; j, y)``. MLMOC sums ``‖change(x)‖₂``
 over ``S`` with ``y = argmax reference(j)``; EMOC averages that sum over
 ``y ~ p(reference(j))``; EER and the flip rate look at ``f⁺ = mean + Δ`` instead (see
 :func:`reduce_objective`).
@@ -46,7 +48,26 @@ the flip rate need every ``f⁺(x)`` itself, and full blocks couple the logits, 
 keep the direct path.
 
 Numerics: ``K_LL`` is factorised once by :func:`jaxal.ops.linalg.stable_cholesky` (jitter
-relative to ``mean(diag K_LL)``, reported). A candidate whose posterior variance is at
+relative to ``mean(diag K_LL)``, at most :data:`~jaxal.ops.linalg.MAX_RELATIVE_JITTER`,
+reported with an ``ok`` flag in :class:`LookaheadInfo`; callers on the host warn through
+:func:`jaxal.ops.linalg.check_jitter`).
+
+The nugget is consistent. The jitter ``δ`` added to ``K_LL`` is an observation noise
+``δ`` on every labeled point, so a look-ahead label is observed with the same noise:
+the bordered kernel is ``[[K_LL + δI, k(L, x')], [k(x', L), k(x', x') + δ]]``, whose
+Schur complement is ``σ²(x') + δ`` with ``σ²(x') = Σ(x', x')`` the (latent) posterior
+variance. Every update therefore divides by ``σ²(x') + δ`` (``Σ(j, j) + δI`` for full
+blocks): ``f⁺ = f_lin + Σ(:, x') (σ²(x') + δ)⁻¹ (y' − f_lin(x'))`` and
+``Σ ← Σ − Σ(:, x') Σ(x', :) / (σ²(x') + δ)``, exactly the block inverse of that
+bordered matrix, so :func:`add` still equals a fresh :func:`init` with the point
+appended (at the same absolute ``δ``). Dividing by ``σ²(x')`` alone would treat ``L``
+as noisy and ``x'`` as exact: :func:`add` would no longer match a fresh :func:`init`
+(which jitters every labeled row alike), and a duplicate of a labeled point would be
+interpolated exactly while the original is fitted with noise ``δ`` (``σ²(x')`` is then
+itself ``O(δ)``, so the two choices differ at first order). ``δ`` is stored in the state
+(``nugget``; 0 when no jitter was needed, which leaves every result unchanged).
+
+A candidate whose posterior variance is at
 or below ``variance_floor`` (``1000·eps·mean(diag K_SS)`` by default) is *clamped*:
 in float32 ``σ²`` of a candidate equal to a labeled point cancels to noise of either
 sign, and dividing by it gives NaN or arbitrary huge updates. A clamped candidate is one
@@ -59,13 +80,15 @@ unclamped candidate (and above the ``−inf`` of already-queried ones), so
 full blocks (``q = C``) a candidate counts as clamped for the ranking only when every
 direction of ``Σ(j, j)`` is below the floor (its update is then exactly zero); one
 clamped only in some directions keeps its score from the remaining directions. The
-number clamped in any direction is reported.
+number clamped in any direction is reported. The floor tests the latent ``σ²(x')``,
+not ``σ²(x') + δ``: it asks whether the kernel already knows ``x'``, which the nugget
+does not change.
 
 Greedy batch. Each pick conditions the state on the pick's pseudo-label (the argmax of
 the current reference there) and re-scores; :func:`greedy_batch` runs all picks in one
 compiled loop. For scalar kernels with MLMOC/EMOC a pick is one in-place rank-1 update
-``Σ ← Σ − σ²(i)⁻¹ Σ(:, i) Σ(i, :)``, ``mean ← mean + Σ(:, i) σ²(i)⁻¹ eᵀ``, and one
-closed-form re-scoring; every score changes with every pick (all of ``Σ`` and ``mean``
+``Σ ← Σ − s_i⁻¹ Σ(:, i) Σ(i, :)``, ``mean ← mean + Σ(:, i) s_i⁻¹ eᵀ`` with
+``s_i = σ²(i) + δ``, and one closed-form re-scoring; every score changes with every pick (all of ``Σ`` and ``mean``
 move), so ``O(S²)`` work per pick is the least an exact greedy can do.
 """
 
@@ -129,6 +152,9 @@ class LookaheadState(NamedTuple):
         (``q = 1``: scalar kernel shared by the ``C`` logits; ``q = C``: full blocks).
       queried: ``[S]`` bool, candidates already added (never proposed again).
       variance_floor: scalar; posterior variances at or below it are clamped.
+      nugget: scalar, the absolute jitter ``δ`` of ``K_LL``; a look-ahead label is
+        observed with the same noise, so updates divide by ``Σ(j, j) + δ`` (see the
+        module docstring). 0 (the default) when no jitter was added.
     """
 
     mean: Array
@@ -136,6 +162,7 @@ class LookaheadState(NamedTuple):
     cov: Array
     queried: Array
     variance_floor: Array
+    nugget: Array | float = 0.0
 
 
 class LookaheadInfo(NamedTuple):
@@ -146,12 +173,16 @@ class LookaheadInfo(NamedTuple):
       relative_jitter: the same as a fraction of ``mean(diag K_LL)``.
       num_clamped: number of candidates whose ``σ²`` is at or below the floor.
       variance_floor: the floor used.
+      jitter_ok: bool, whether the Cholesky of ``K_LL`` passed its test at that jitter
+        (:attr:`jaxal.ops.linalg.Cholesky.ok`); False means the state is unreliable (NaN
+        when the factorisation broke down at the cap).
     """
 
     jitter: Array
     relative_jitter: Array
     num_clamped: Array
     variance_floor: Array
+    jitter_ok: Array
 
 
 # --------------------------------------------------------------------------- shapes
@@ -285,7 +316,9 @@ def init(
       f_l: ``[L, C]`` network outputs on the labeled set.
       f_s: ``[S, C]`` network outputs on ``S``.
       y_l: ``[L]`` int labels.
-      jitter: fixed relative jitter for ``K_LL`` (default: smallest that works).
+      jitter: fixed relative jitter for ``K_LL`` (default: the smallest that works, at
+        most :data:`~jaxal.ops.linalg.MAX_RELATIVE_JITTER`). Its absolute value is the
+        state's ``nugget``.
       variance_floor: absolute floor on ``σ²`` (default :func:`default_variance_floor`).
       valid_l: ``[L]`` bool, the real labeled rows when ``L`` is padded to a bucket
         (default: all). A padded row is decoupled exactly: its ``K_LL`` row and column
@@ -314,6 +347,7 @@ def init(
     if n_l == 0:
         zero = jnp.zeros((), dtype)
         mean, cov_flat, jit_abs, jit_rel = f_s.astype(dtype), symmetrize(kss), zero, zero
+        jit_ok = jnp.asarray(True)
     else:
         kll = _flatten_blocks(k_ll.astype(dtype))
         ksl = _flatten_blocks(k_sl.astype(dtype))
@@ -331,7 +365,7 @@ def init(
         # Skipping the S×S transpose saves about half of init on CPU (XLA:CPU transposes
         # 2,000² floats in ~25 ms, against ~10 ms for the rest; benchmarks/lookahead_vs_retraining.py).
         cov_flat = symmetrize(cov_flat) if q > 1 else cov_flat
-        jit_abs, jit_rel = chol.jitter, chol.relative_jitter
+        jit_abs, jit_rel, jit_ok = chol.jitter, chol.relative_jitter, chol.ok
     cov = _unflatten_blocks(cov_flat, q)
     state = LookaheadState(
         mean=mean,
@@ -339,9 +373,10 @@ def init(
         cov=cov,
         queried=jnp.zeros((n_s,), bool),
         variance_floor=floor,
+        nugget=jit_abs,
     )
     _, clamped, _ = _variance_status(state)
-    return state, LookaheadInfo(jit_abs, jit_rel, jnp.sum(clamped), floor)
+    return state, LookaheadInfo(jit_abs, jit_rel, jnp.sum(clamped), floor, jit_ok)
 
 
 def _decouple_padding(kll: Array, ksl: Array, resid: Array, valid: Array, q: int) -> tuple[Array, Array, Array]:
@@ -358,21 +393,23 @@ def reference(state: LookaheadState) -> Array:
     return state.mean - state.offset
 
 
-def _block_inverse(blocks: Array, floor: Array) -> tuple[Array, Array]:
-    """Clamped inverse of posterior variance blocks ``[b, q, q]``.
+def _block_inverse(blocks: Array, floor: Array, nugget: Array | float = 0.0) -> tuple[Array, Array]:
+    """Clamped inverse of ``blocks + nugget·I`` for posterior variance blocks ``[b, q, q]``.
 
-    Directions with variance ``≤ floor`` get inverse 0 (no update along them).
+    Directions whose (latent) variance is ``≤ floor`` get inverse 0 (no update along
+    them); the others ``1/(λ + nugget)`` (the Schur complement of the bordered kernel
+    with the nugget on the new diagonal, see the module docstring).
     Returns ``(inverse [b, q, q], ok [b, q] bool)``: ``ok`` marks the directions kept
     (for ``q = 1`` simply ``σ² > floor``).
     """
     if blocks.shape[-1] == 1:
         s = blocks[:, 0, 0]
         ok = s > floor
-        inv = jnp.where(ok, 1.0 / jnp.where(ok, s, 1.0), 0.0)
+        inv = jnp.where(ok, 1.0 / jnp.where(ok, s + nugget, 1.0), 0.0)
         return inv[:, None, None], ok[:, None]
     lam, vec = jnp.linalg.eigh(symmetrize(blocks))
     ok = lam > floor
-    inv_lam = jnp.where(ok, 1.0 / jnp.where(ok, lam, 1.0), 0.0)
+    inv_lam = jnp.where(ok, 1.0 / jnp.where(ok, lam + nugget, 1.0), 0.0)
     return jnp.einsum("bpk,bk,bqk->bpq", vec, inv_lam, vec), ok
 
 
@@ -383,7 +420,7 @@ def _variance_status(state: LookaheadState) -> tuple[Array, Array, Array]:
     ``dead``: every direction is, so the look-ahead update is exactly zero (ranked last).
     """
     blocks = jnp.diagonal(state.cov, axis1=0, axis2=1).transpose(2, 0, 1)
-    inv, ok = _block_inverse(blocks, state.variance_floor)
+    inv, ok = _block_inverse(blocks, state.variance_floor, state.nugget)
     return inv, ~jnp.all(ok, axis=-1), ~jnp.any(ok, axis=-1)
 
 
@@ -402,13 +439,13 @@ def _rank_last(s: Array, dead: Array, queried: Array) -> Array:
 
 
 def _condition_scalar(
-    mean: Array, cov: Array, i: Array, y: Array, floor: Array, k: Array | None = None
+    mean: Array, cov: Array, i: Array, y: Array, floor: Array, k: Array | None = None, nugget: Array | float = 0.0
 ) -> tuple[Array, Array]:
     """Rank-1 conditioning for a scalar kernel; ``cov`` is ``[S, S]``.
 
-    With ``k = Σ(:, i)``, gain ``g = k/σ²(i)`` (``0`` when ``σ²(i) ≤ floor``) and error
-    ``e = e_y − mean_i``: ``mean ← mean + g eᵀ`` and ``Σ ← Σ − σ²(i)⁻¹ (k kᵀ)``. The
-    outer product ``k_x k_z`` is formed before the scaling, so a symmetric ``Σ`` stays
+    With ``k = Σ(:, i)``, ``s = σ²(i) + nugget``, gain ``g = k/s`` (``0`` when
+    ``σ²(i) ≤ floor``) and error ``e = e_y − mean_i``: ``mean ← mean + g eᵀ`` and
+    ``Σ ← Σ − s⁻¹ (k kᵀ)``. The outer product ``k_x k_z`` is formed before the scaling, so a symmetric ``Σ`` stays
     exactly symmetric. ``k`` may be passed in (a separate buffer lets the compiled loop
     update ``Σ`` in place). Returns ``(mean, cov)``.
     """
@@ -417,7 +454,7 @@ def _condition_scalar(
         k = cov[:, i]
     var = k[i]
     ok = var > floor
-    inv = jnp.where(ok, 1.0 / jnp.where(ok, var, 1.0), 0.0)
+    inv = jnp.where(ok, 1.0 / jnp.where(ok, var + nugget, 1.0), 0.0)
     err = jax.nn.one_hot(y, c, dtype=mean.dtype) - mean[i]
     mean = mean + (inv * k)[:, None] * err[None, :]
     cov = cov - inv * (k[:, None] * k[None, :])
@@ -430,10 +467,11 @@ def _add(state: LookaheadState, i: Array, y: Array) -> LookaheadState:
     q = state.cov.shape[-1]
     queried = state.queried.at[i].set(True)
     if q == 1:
-        mean, cov = _condition_scalar(state.mean, state.cov[:, :, 0, 0], i, y, state.variance_floor)
+        mean, cov = _condition_scalar(state.mean, state.cov[:, :, 0, 0], i, y, state.variance_floor,
+                                      nugget=state.nugget)
         return state._replace(mean=mean, cov=cov[:, :, None, None], queried=queried)
     col = state.cov[:, i]  # [S, q, q]: Σ(x, i)
-    inv, _ = _block_inverse(state.cov[i, i][None], state.variance_floor)
+    inv, _ = _block_inverse(state.cov[i, i][None], state.variance_floor, state.nugget)
     err = (jax.nn.one_hot(y, c, dtype=state.mean.dtype) - state.mean[i]).reshape(q, c // q)
     gain = jnp.einsum("xpq,qr->xpr", col, inv[0])  # [S, q, q]
     mean = state.mean + jnp.einsum("xpr,rm->xpm", gain, err).reshape(n_s, c)
@@ -446,10 +484,11 @@ def _add(state: LookaheadState, i: Array, y: Array) -> LookaheadState:
 def add(state: LookaheadState, i: Array, y: Array) -> LookaheadState:
     """Condition on the label ``y`` (int) of candidate ``i``: rank-``q`` update, ``O(S²q²)``.
 
-    ``mean ← mean + Σ(:, i) Σ(i, i)⁻¹ (e_y − mean_i)`` and
-    ``Σ ← Σ − Σ(:, i) Σ(i, i)⁻¹ Σ(i, :)``; the offset is unchanged, so the reference
-    prediction moves with the mean. Equals a fresh :func:`init` with ``(x_i, y)``
-    appended to the labeled set (block inverse of the bordered kernel). Directions of
+    ``mean ← mean + Σ(:, i) (Σ(i, i) + δI)⁻¹ (e_y − mean_i)`` and
+    ``Σ ← Σ − Σ(:, i) (Σ(i, i) + δI)⁻¹ Σ(i, :)`` with ``δ`` the state's nugget; the
+    offset is unchanged, so the reference prediction moves with the mean. Equals a
+    fresh :func:`init` with ``(x_i, y)`` appended to the labeled set at the same
+    absolute jitter (block inverse of the bordered kernel). Directions of
     ``Σ(i, i)`` at or below the variance floor are not updated along.
     """
     return _add(state, i, y)
@@ -503,7 +542,7 @@ def _closed_form_block(
       k_rows: ``[b, S]`` ``Σ(j, x)`` (``Σ`` is symmetric);
       offset: ``[S, C]`` ``c``; offset_sq: ``[S]`` ``‖c(x)‖²``;
       mean_b, ref_b: ``[b, C]`` mean and reference at the candidates;
-      inv_b: ``[b]`` ``σ²(j)⁻¹`` (0 when clamped).
+      inv_b: ``[b]`` ``(σ²(j) + δ)⁻¹`` (0 when clamped).
 
     ``‖change(x)‖² = ‖c(x)‖² + a (2 c(x)·(e_y − mean_j) + a ‖e_y − mean_j‖²)`` with
     ``a = Σ(j, x)/σ²(j)``, clamped at 0 before the square root.
@@ -688,13 +727,13 @@ def _greedy_closed_form(
     elementwise pass (``O(S²)`` for MLMOC, ``O(S²C)`` for EMOC).
     """
     n_s, c = state.mean.shape
-    offset, floor = state.offset, state.variance_floor
+    offset, floor, nugget = state.offset, state.variance_floor, state.nugget
     chunk = chunk_size or _closed_form_chunk(n_s, c, objective)
 
     def rescore(mean: Array, cov: Array, queried: Array) -> tuple:
         var = jnp.diagonal(cov)
         ok = var > floor
-        inv = jnp.where(ok, 1.0 / jnp.where(ok, var, 1.0), 0.0)
+        inv = jnp.where(ok, 1.0 / jnp.where(ok, var + nugget, 1.0), 0.0)
         s = _rank_last(_closed_form_scores(cov, mean, offset, inv, objective, probability, chunk), ~ok, queried)
         i = jnp.argmax(s)
         return i, cov[i], jnp.sum(~ok & ~queried).astype(jnp.int32)  # row i = Σ(:, i): Σ is symmetric
@@ -702,7 +741,7 @@ def _greedy_closed_form(
     def pick_and_add(t: Array, carry: tuple) -> tuple:
         mean, cov, queried, i, k, n_clamped, picks, counts = carry
         picks, counts = picks.at[t].set(i.astype(jnp.int32)), counts.at[t].set(n_clamped)
-        mean, cov = _condition_scalar(mean, cov, i, jnp.argmax(mean[i] - offset[i]), floor, k)
+        mean, cov = _condition_scalar(mean, cov, i, jnp.argmax(mean[i] - offset[i]), floor, k, nugget)
         return mean, cov, queried.at[i].set(True), picks, counts
 
     def body(t: Array, carry: tuple) -> tuple:

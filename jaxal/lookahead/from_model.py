@@ -19,6 +19,7 @@ from jaxal.lookahead.baselines import mlp_depth, mlp_input_dim, mlp_widths, relu
 from jaxal.model import Model, predict_logits
 from jaxal.ntk import kernel as ntk_kernel
 from jaxal.ops.buckets import bucket
+from jaxal.ops.linalg import check_jitter
 from jaxal.validation import check_choice
 
 __all__ = ["APPROXIMATIONS", "CONTRACTIONS", "kernel_blocks", "init_from_model"]
@@ -104,6 +105,14 @@ def init_from_model(
     (:func:`jaxal.ops.buckets.bucket`) and the padding decoupled exactly
     (``core.init(valid_l=...)``), so rounds whose ``|L|`` share a bucket share every
     compiled program; the state equals the unpadded one up to float round-off.
+
+    Warns (:class:`jaxal.ops.linalg.JitterWarning`, via
+    :func:`jaxal.ops.linalg.check_jitter`) when the Cholesky of ``K_LL`` needed a relative
+    jitter above :data:`~jaxal.ops.linalg.WARN_RELATIVE_JITTER` or failed at the cap
+    (``info.jitter_ok`` False); ``info`` carries both either way. The run goes on: a
+    failed factor is a bad kernel for this round, which a hard error mid-loop would turn
+    into a lost run, so the caller decides (``warnings.simplefilter("error",
+    JitterWarning)`` makes it fatal).
     """
     x_labeled, y_labeled = np.asarray(x_labeled), np.asarray(y_labeled, np.int32)
     n_l = int(x_labeled.shape[0])
@@ -120,7 +129,10 @@ def init_from_model(
     f_eval = predict_logits(model, x_eval)
     f_lab = predict_logits(model, x_labeled) if x_labeled.shape[0] else f_eval[:0]
     dtype = blocks[0].dtype
-    return core.init(
+    state, info = core.init(
         *blocks, f_lab.astype(dtype), f_eval.astype(dtype), jax.device_put(y_labeled),
         jitter=jitter, variance_floor=variance_floor, valid_l=None if valid is None else jax.device_put(valid),
     )
+    if n_l:  # concrete values here: the jitted init cannot warn
+        check_jitter(info.relative_jitter, info.jitter_ok, what="the labeled kernel K_LL", fixed=jitter is not None)
+    return state, info

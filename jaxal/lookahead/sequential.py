@@ -54,6 +54,11 @@ class Sequential:
       probability: ``"softmax"`` or ``"simplex"`` (EMOC's label distribution, EER's map).
       approximation, contraction, subset, depth, jitter, variance_floor: see
         :func:`init_from_model`.
+
+    Attributes:
+      info: the :class:`~jaxal.lookahead.core.LookaheadInfo` of the initial solve
+        (``relative_jitter`` and ``jitter_ok`` of the ``K_LL`` Cholesky; a
+        :class:`~jaxal.ops.linalg.JitterWarning` was issued if it was large or failed).
     """
 
     def __init__(

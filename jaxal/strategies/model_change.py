@@ -162,7 +162,7 @@ def _info(objective: str, rows: np.ndarray, linfo: core.LookaheadInfo | None, **
     info = {"objective": objective, "eval_size": int(rows.shape[0]), **extra}
     if linfo is not None:
         info.update(jitter=float(linfo.jitter), relative_jitter=float(linfo.relative_jitter),
-                    variance_floor=float(linfo.variance_floor))
+                    jitter_ok=bool(linfo.jitter_ok), variance_floor=float(linfo.variance_floor))
     return info
 
 
