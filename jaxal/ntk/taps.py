@@ -27,6 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+# Floor shim: jax.extend.core.DropVar exists from jax 0.10.0 (which deprecates
+# jax.core.DropVar); older jax, the 0.8.0 floor included, has it in jax.core only.
+DropVar = getattr(jcore, "DropVar", None) or jax.core.DropVar
+
 LAYOUT_PRIMS = frozenset({"reshape", "transpose", "convert_element_type", "copy", "copy_p"})
 SITE_PRIMS = frozenset({"dot_general", "conv_general_dilated"})
 CALL_PRIMS = frozenset({"jit", "pjit", "closed_call", "core_call", "checkpoint", "remat", "remat2"})
@@ -193,7 +197,7 @@ def evaluate(closed_jaxpr, args: list, eps: dict, sites: dict) -> tuple[list, di
                     taps[sid] = vals[1 - sites[sid].weight_pos]
                     outs = [outs[0] + eps[sid]]
             for v, o in zip(eqn.outvars, outs):
-                if not isinstance(v, jcore.DropVar):
+                if not isinstance(v, DropVar):
                     env[v] = o
         return [read(v) for v in jaxpr.outvars]
 
