@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     proc.wait()
     ref_seconds = time.perf_counter() - t1
     outcomes: collections.Counter = collections.Counter()
+    phases: collections.Counter = collections.Counter()  # when the signals were sent
     failures: list[str] = []
     sent, starts, trials, equal = 0, 0, 0, 0
     reference = [(r["chosen"], r["test_accuracy"]) for r in records(os.path.join(work, "reference"))]
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
                                     text=True)
             starts += 1
             if sent < target:
-                if rng.random() < 0.25:  # during start-up (after the interpreter's own, see above)
+                phase = "start-up" if rng.random() < 0.25 else "run"
+                if phase == "start-up":  # after the interpreter's own start-up, see above
                     wait_for_jax_loading(proc)
                     time.sleep(float(rng.uniform(0.0, 0.5)))
                 else:  # from the moment the run has started (its config is written), a random delay
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
                     time.sleep(float(rng.uniform(0.0, 0.8 * ref_seconds)))
                 kind = "SIGINT" if rng.random() < 0.5 else "SIGKILL"
                 proc.send_signal(signal.SIGINT if kind == "SIGINT" else signal.SIGKILL)
+                phases[f"{kind} at {phase}"] += 1
                 sent += 1
             else:
                 kind = None
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
                 failures.append(f"trial {trials}: records differ from the uninterrupted run")
     same = equal == trials and not failures
     summary = {"signals_sent": sent, "starts": starts, "trials": trials, "trials_equal_reference": equal,
-               "outcomes": dict(outcomes), "failures": failures,
+               "outcomes": dict(outcomes), "sent_at": dict(phases), "failures": failures,
                "records_equal_reference": bool(same), "reference_seconds": round(ref_seconds, 2),
                "seconds": round(time.perf_counter() - t0, 1), "load_average": os.getloadavg(), "run": RUN}
     print(json.dumps(summary, indent=1))

@@ -38,7 +38,8 @@ from jaxal.validation import (
 )
 
 __all__ = ["Context", "Query", "Strategy", "Entry", "register", "get", "entry", "names", "sequential_mode",
-           "sequential_names", "option_names", "check_options", "select", "make_context", "as_query", "top_k_indices", "positive_options"]
+           "sequential_names", "option_names", "check_options", "select", "make_context", "as_query", "top_k_indices",
+           "positive_options"]
 
 
 class Context(NamedTuple):
@@ -91,9 +92,10 @@ class Entry(NamedTuple):
       sequential: its oracle-in-the-loop twin ``(key, ctx, budget, oracle, **options)``,
         or ``None`` when it has none.
       options: the option names it accepts, or ``None`` for "read its signature".
-      check: ``check(options, budget=..., model=..., sequential=...)`` raising ``ValueError`` for option
-        values that cannot work (a group size that does not divide the budget, a
-        deterministic model for MC dropout), or ``None``. Run before any training.
+      check: ``check(options, budget=..., model=..., sequential=...)`` raising
+        ``ValueError`` for option values that cannot work (a group size that does not
+        divide the budget, a deterministic model for MC dropout), or ``None``. Run
+        before any training.
       hints: the options' type hints (from the signature or the options NamedTuple),
         used to refuse ill-typed values up front.
     """
@@ -122,8 +124,9 @@ def register(name: str, *, sequential: Callable[..., Any] | None = None,
         or a NamedTuple class whose fields are the names), so configurations are
         checked before any training; a NamedTuple's annotations also type-check them.
       check: optional ``check(options: dict, *, budget: int, model: Model | None,
-        sequential: bool)`` raising ``ValueError`` for values no query could use; :func:`check_options`
-        runs it before any training and :func:`select` before each query.
+        sequential: bool)`` raising ``ValueError`` for values no query could use;
+        :func:`check_options` runs it before any training and :func:`select` before
+        each query.
 
     Option values are type-checked against the function's annotations (``int``,
     ``float``, ``bool``, ``str``, ``Literal[...]``, ``X | None``).
