@@ -598,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from jaxal import interrupt
 
         with interrupt.deferred():  # Ctrl-C acts at the next safe point, never inside JAX
+            interrupt.check()  # one that arrived while JAX loaded (the program defers it from its first line)
             code = int(args.handler(args) or 0)
             interrupt.check()  # one that arrived after the last safe point still counts
             return code

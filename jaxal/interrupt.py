@@ -9,6 +9,11 @@ plain Python, with no computation half-dispatched. A second SIGINT, for a user w
 will not wait for the current step (a long compile), ends the process at once with
 exit code 130; that is as safe as a kill, because checkpoints are written atomically.
 
+The ``jaxal`` program defers Ctrl-C from its first line, before JAX loads: a
+``KeyboardInterrupt`` inside the import of jaxlib's native modules crashed the process
+at exit (a segmentation fault), so a start-up Ctrl-C too is acted on once the imports
+are done.
+
 Outside :func:`deferred` (e.g. in a notebook), SIGINT behaves as usual and
 :func:`check` costs one flag read.
 """
@@ -20,7 +25,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 
 __all__ = ["Interrupted", "deferred", "check", "requested"]
 
@@ -56,11 +61,13 @@ def _on_sigint(signum, frame) -> None:  # noqa: ARG001 - the signal-handler sign
 
 
 @contextlib.contextmanager
-def deferred() -> Iterator[None]:
+def deferred(after: Any = None) -> Iterator[None]:
     """Within this block, Ctrl-C is acted on at the next :func:`check` (see the module
-    docstring). Only the main thread can install signal handlers; elsewhere this is a
-    no-op."""
-    if threading.current_thread() is not threading.main_thread():
+    docstring). On leaving it, the SIGINT handler becomes ``after`` (default: the one
+    before, e.g. ``signal.SIG_IGN`` to ignore a Ctrl-C once the work is done). A block
+    inside another one leaves the handler and a pending Ctrl-C to the outer block.
+    Only the main thread can install signal handlers; elsewhere this is a no-op."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is _on_sigint:
         yield
         return
     previous = signal.signal(signal.SIGINT, _on_sigint)
@@ -68,5 +75,5 @@ def deferred() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous if after is None else after)
         _flag.clear()
