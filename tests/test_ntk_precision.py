@@ -42,7 +42,7 @@ class WideConv(nn.Module):
         return self.head(self.features(x, train))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup():
     """float32 ``(model, x [4, 4, 4, 128])`` and the float64 ``[4, 4, C, C]`` kernel of ``J J^T``."""
     rng = np.random.default_rng(0)
