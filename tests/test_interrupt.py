@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -13,6 +14,9 @@ import time
 import pytest
 
 from jaxal import interrupt
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+from interrupt_stress import wait_for_jax_loading  # noqa: E402 - the stress script's own start-up probe
 
 RUN = ["run", "--strategy", "entropy", "--widths", "8", "--initial", "10", "--budget", "5", "--rounds", "5",
        "--epochs", "40", "--candidates", "60", "--quiet"]
@@ -65,20 +69,6 @@ def test_ctrl_c_exits_130_once_and_resumes_to_the_same_records(tmp_path, after_r
     got, want = _records(records), _records(reference / "entropy" / "seed0" / "records.jsonl")
     assert [r["chosen"] for r in got] == [r["chosen"] for r in want]
     assert [r["test_accuracy"] for r in got] == [r["test_accuracy"] for r in want]
-
-
-def wait_for_jax_loading(proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    """Until the process has started loading jaxlib (so jaxal's program code runs: the
-    interpreter's own start-up, which no Python program can guard, is over)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with open(f"/proc/{proc.pid}/maps") as f:
-                if "jaxlib" in f.read():
-                    return
-        except OSError:
-            pass
-        time.sleep(0.005)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc (Linux)")
