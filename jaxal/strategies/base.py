@@ -357,8 +357,9 @@ def select(
             f"num_classes={num_classes} but the model has {outputs} outputs (logits); pass the model's number of "
             "classes, or leave num_classes out to use it"
         )
-    ctx = make_context(
-        model, x_labeled=x_labeled, y_labeled=y_labeled, x_pool=x_pool, num_classes=num_classes, state=state
+    ctx = make_context(  # num_classes is the outputs found above: the model is not traced again
+        model, x_labeled=x_labeled, y_labeled=y_labeled, x_pool=x_pool,
+        num_classes=outputs if num_classes is None else num_classes, state=state
     )
     budget = check_budget(budget, int(np.shape(x_pool)[0]))
     if isinstance(strategy, str):
