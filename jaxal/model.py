@@ -36,7 +36,7 @@ Params = Any
 Array = jax.Array
 
 __all__ = ["Model", "Frozen", "LinenFeatures", "LinenHead", "from_linen", "from_nnx", "from_functions", "num_classes", "batched", "predict_logits",
-           "predict_probs", "predict_probs_then", "embed"]
+           "predict_probs", "predict_probs_then", "embed", "features_rows"]
 
 
 class Frozen:
@@ -367,6 +367,11 @@ def _identity(a: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=2)
 def _probs_then(model: Model, x: jax.Array, fn: Callable[[jax.Array], jax.Array]) -> jax.Array:
     return fn(jax.nn.softmax(model.apply(model.params, x, None), axis=-1))
+
+
+def features_rows(model: Model, x: jax.Array) -> jax.Array:
+    """Penultimate features of a batch (row-wise, un-jitted: for :func:`jaxal.pool.map_rows`)."""
+    return model.features(model.params["body"], x)
 
 
 def embed(model: Model, x: Any, batch_size: int = 4096) -> jax.Array:

@@ -7,6 +7,7 @@ was wrong with *their* input rather than a shape error from deep inside XLA.
 from __future__ import annotations
 
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -49,8 +50,30 @@ def check_budget(budget: Any, pool_size: int, name: str = "budget") -> int:
     return budget
 
 
+def _count_nonfinite(x: Any) -> int:
+    """NaN/inf count of a floating device array, reduced where it lives (JAX is imported
+    only by callers that already hold a device array)."""
+    import jax
+    import jax.numpy as jnp
+
+    global _COUNT
+    if _COUNT is None:
+        _COUNT = jax.jit(lambda a: jnp.sum(~jnp.isfinite(a.astype(jnp.float32)), dtype=jnp.int32))
+    return int(np.asarray(_COUNT(x).addressable_data(0)))
+
+
+_COUNT = None
+
+
 def check_finite(name: str, x: Any) -> None:
-    """Raise if a floating array holds NaN or inf."""
+    """Raise if a floating array holds NaN or inf (a device array is checked where it
+    lives: only the count of bad values comes back, so a sharded pool is not copied)."""
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(x, jax.Array) and jax.numpy.issubdtype(x.dtype, jax.numpy.floating):
+        bad = _count_nonfinite(x)
+        if bad:
+            raise ValueError(f"{name} contains {bad} NaN/inf value(s)")
+        return
     a = np.asarray(x)
     if np.issubdtype(a.dtype, np.floating) or a.dtype.name == "bfloat16":
         a32 = a.astype(np.float32, copy=False)

@@ -50,32 +50,41 @@ def min_sqdist_to_set(x: jax.Array, z: jax.Array, *, chunk: int = 256) -> jax.Ar
 
 
 @partial(jax.jit, static_argnames=("budget",))
-def _greedy(key, x, mind2, budget):
+def _greedy(key, x, mind2, n_valid, budget):
     n = x.shape[0]
     nx = jnp.sum(x * x, axis=1)
+    padding = jnp.arange(n) >= n_valid  # rows a sharded pool was padded with: never picked
     # No labeled point: the first centre is uniform (every min distance is +inf).
-    start = jnp.where(jnp.isinf(mind2).all(), jax.random.randint(key, (), 0, n), -1)
+    start = jnp.where(jnp.isinf(jnp.where(padding, jnp.inf, mind2)).all(), jax.random.randint(key, (), 0, n_valid), -1)
 
     def body(i, carry):
         mind2, chosen, picks = carry
         c = jnp.where((i == 0) & (start >= 0), start, jnp.argmax(jnp.where(chosen, -1.0, mind2)))
         c = c.astype(jnp.int32)
-        d2 = jnp.maximum(nx + nx[c] - 2.0 * (x @ x[c]), 0.0)
+        xc = jax.lax.dynamic_index_in_dim(x, c, axis=0, keepdims=False)
+        d2 = jnp.maximum(nx + nx[c] - 2.0 * (x @ xc), 0.0)
         chosen = chosen.at[c].set(True)
         return jnp.minimum(mind2, d2), chosen, picks.at[i].set(c)
 
-    init = (mind2, jnp.zeros(n, bool), jnp.zeros(budget, jnp.int32))
+    init = (mind2, padding, jnp.zeros(budget, jnp.int32))
     return jax.lax.fori_loop(0, budget, body, init)[2]
 
 
 def k_center_greedy(
-    key: jax.Array, x_pool: jax.Array, x_labeled: jax.Array, budget: int, *, chunk: int = 256
+    key: jax.Array, x_pool: jax.Array, x_labeled: jax.Array, budget: int, *, chunk: int = 256,
+    n_valid: int | None = None,
 ) -> np.ndarray:
     """k-centre greedy picks ``[B]`` over pool features ``[N, d]`` given labeled features
-    ``[L, d]`` (L may be 0: the first pick is then uniform). Indices in pick order."""
+    ``[L, d]`` (L may be 0: the first pick is then uniform). Indices in pick order.
+
+    ``x_pool`` may be a global array sharded by rows (:mod:`jaxal.pool`) whose rows from
+    ``n_valid`` on are padding; the picks are the same on any number of devices (each
+    step's distances are row-local and the farthest point is an order-free argmax).
+    """
     check_finite("pool features", x_pool)
     check_finite("labeled features", x_labeled)
-    budget = check_budget(budget, int(np.shape(x_pool)[0]))
+    n = int(np.shape(x_pool)[0]) if n_valid is None else int(n_valid)
+    budget = check_budget(budget, n)
     x = jnp.asarray(x_pool, jnp.float32)
     mind2 = min_sqdist_to_set(x, x_labeled, chunk=chunk)
-    return np.asarray(_greedy(key, x, mind2, budget))
+    return np.asarray(_greedy(key, x, mind2, np.int32(n), budget))

@@ -26,11 +26,12 @@ treated as 0.
 from __future__ import annotations
 
 from functools import partial
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxal.validation import check_budget, check_choice, check_finite
 
@@ -75,36 +76,48 @@ def _sqdist_to(fs, offsets, norms, c) -> jax.Array:
     return jnp.where(d2 <= _REL_TOL * (norms + nc), 0.0, d2)
 
 
-def _draw(key: jax.Array, w: jax.Array) -> jax.Array:
-    """One index drawn with probability w / Σw (w ≥ 0, Σw > 0) by a two-level inverse CDF."""
+def _draw(key: jax.Array, w: jax.Array, small: Any = None) -> jax.Array:
+    """One index drawn with probability w / Σw (w ≥ 0, Σw > 0) by a two-level inverse CDF.
+
+    Blocks of 256 rows are summed where they live; the block sums and the one block the
+    draw lands in are made whole on every device (``small``: the replicated sharding of a
+    sharded ``w``) before their cumulative sums, so the drawn index is the same on any
+    number of devices."""
     n = w.shape[0]
     nb = -(-n // _BLOCK)
     wb = jnp.pad(w, (0, nb * _BLOCK - n)).reshape(nb, _BLOCK)
-    block_sums = jnp.sum(wb, axis=1)
+    block_sums = _whole(jnp.sum(wb, axis=1), small)
     cdf_b = jnp.cumsum(block_sums)
     u = jax.random.uniform(key, dtype=jnp.float32) * cdf_b[-1]
     b = jnp.minimum(jnp.sum(cdf_b <= u), nb - 1)
     u_in = u - (cdf_b[b] - block_sums[b])
-    row = jax.lax.dynamic_index_in_dim(wb, b, axis=0, keepdims=False)
+    row = _whole(jax.lax.dynamic_index_in_dim(wb, b, axis=0, keepdims=False), small)
     j = jnp.minimum(jnp.sum(jnp.cumsum(row) <= u_in), _BLOCK - 1)
     idx = b * _BLOCK + j
     # Rounding can land on a zero-weight entry at a block edge: fall back to the heaviest.
-    ok = (idx < n) & (jnp.take(w, jnp.minimum(idx, n - 1)) > 0)
+    ok = (idx < n) & (row[j] > 0)
     return jnp.where(ok, idx, jnp.argmax(w)).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("offsets", "first"))
-def _seed(key, fs, offsets, budget, first):
+def _whole(x: jax.Array, sharding: Any) -> jax.Array:
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+@partial(jax.jit, static_argnames=("offsets", "first", "small"))
+def _seed(key, fs, offsets, budget, first, n_valid=None, small=None):
     """``[N]`` int32 whose first ``budget`` entries are the picks (budget is traced, so one
-    compilation serves every budget for a given pool shape)."""
+    compilation serves every budget for a given pool shape). Rows from ``n_valid`` on are
+    padding: never drawn."""
     norms = _norms(fs, offsets)
     n = norms.shape[0]
+    n_valid = n if n_valid is None else n_valid
+    padding = jnp.arange(n) >= n_valid
     key, k0 = jax.random.split(key)
     if first == "max_norm":
-        c0 = jnp.argmax(norms).astype(jnp.int32)
+        c0 = jnp.argmax(jnp.where(padding, -jnp.inf, norms)).astype(jnp.int32)
     else:
-        c0 = jax.random.randint(k0, (), 0, n, dtype=jnp.int32)
-    chosen = jnp.zeros(n, bool).at[c0].set(True)
+        c0 = jax.random.randint(k0, (), 0, n_valid, dtype=jnp.int32)
+    chosen = padding.at[c0].set(True)
     mind2 = jnp.where(chosen, 0.0, _sqdist_to(fs, offsets, norms, c0))
     picks = jnp.zeros(n, jnp.int32).at[0].set(c0)
 
@@ -113,23 +126,32 @@ def _seed(key, fs, offsets, budget, first):
         key, sub = jax.random.split(key)
         w = jnp.where(chosen, 0.0, mind2)
         w = jnp.where(jnp.sum(w) > 0, w, (~chosen).astype(jnp.float32))  # all certain: uniform
-        c = _draw(sub, w)
+        c = _draw(sub, w, small)
         chosen = chosen.at[c].set(True)
         mind2 = jnp.where(chosen, 0.0, jnp.minimum(mind2, _sqdist_to(fs, offsets, norms, c)))
         return key, mind2, chosen, picks.at[i].set(c)
 
     _, _, _, picks = jax.lax.fori_loop(1, budget, body, (key, mind2, chosen, picks))
-    return picks
+    return _whole(picks, small)
 
 
-def _check(factors, budget, first) -> int:
+def _replicated_on(x: Any) -> Any:
+    """The replicated sharding of the mesh ``x`` is sharded over (``None`` for a
+    single-device array)."""
+    sh = getattr(x, "sharding", None)
+    if isinstance(sh, NamedSharding) and len(sh.device_set) > 1:
+        return NamedSharding(sh.mesh, PartitionSpec())
+    return None
+
+
+def _check(factors, budget, first, n_valid=None) -> int:
     n = int(np.shape(factors[0])[0])
     for k, f in enumerate(factors):
         if np.ndim(f) != 2 or int(np.shape(f)[0]) != n:
             raise ValueError(f"factor {k} must be [N, d_k] with N={n}, got shape {np.shape(f)}")
         check_finite(f"factor {k} (features)", f)
     check_choice("first", first, FIRST_CENTRES)
-    return check_budget(budget, n)
+    return check_budget(budget, n if n_valid is None else int(n_valid))
 
 
 def kmeanspp_factored(
@@ -141,6 +163,7 @@ def kmeanspp_factored(
     bias: bool = True,
     first: str = "max_norm",
     dtype: str | None = None,
+    n_valid: int | None = None,
 ) -> np.ndarray:
     """k-means++ seeds of the outer products g_x = a_x ⊗ [h_x, 1] without building them.
 
@@ -153,23 +176,30 @@ def kmeanspp_factored(
       first: ``"max_norm"`` (official BADGE code) or ``"uniform"`` (Ash's thesis).
       dtype: ``"bfloat16"`` stores bf16 copies of the factors (half the bytes read per
         step; products accumulated in float32); ``None``/``"float32"`` keeps float32.
+      n_valid: for factors sharded over a mesh and padded (:mod:`jaxal.pool`), the
+        number of real rows; the picks are the same on any number of devices.
 
     Returns:
       ``[B]`` int indices in draw order, all distinct.
     """
-    budget = _check((a, h), budget, first)
+    budget = _check((a, h), budget, first, n_valid)
     fs = _prepare((a, h), dtype)
-    return np.asarray(_seed(key, fs, (0.0, 1.0 if bias else 0.0), budget, first))[:budget]
+    n = int(np.shape(a)[0]) if n_valid is None else int(n_valid)
+    picks = _seed(key, fs, (0.0, 1.0 if bias else 0.0), budget, first, np.int32(n), _replicated_on(fs[0]))
+    return np.asarray(picks[:budget] if _replicated_on(fs[0]) is None else picks.addressable_data(0)[:budget])
 
 
 def kmeanspp(
-    key: jax.Array, x: jax.Array, budget: int, *, first: str = "max_norm", dtype: str | None = None
+    key: jax.Array, x: jax.Array, budget: int, *, first: str = "max_norm", dtype: str | None = None,
+    n_valid: int | None = None,
 ) -> np.ndarray:
     """k-means++ seeds of the rows of ``x [N, D]`` (Euclidean D² sampling); see
     :func:`kmeanspp_factored` for the options. Returns ``[B]`` distinct int indices."""
-    budget = _check((x,), budget, first)
+    budget = _check((x,), budget, first, n_valid)
     fs = _prepare((x,), dtype)
-    return np.asarray(_seed(key, fs, (0.0,), budget, first))[:budget]
+    n = int(np.shape(x)[0]) if n_valid is None else int(n_valid)
+    picks = _seed(key, fs, (0.0,), budget, first, np.int32(n), _replicated_on(fs[0]))
+    return np.asarray(picks[:budget] if _replicated_on(fs[0]) is None else picks.addressable_data(0)[:budget])
 
 
 @partial(jax.jit, static_argnames=("offsets",))

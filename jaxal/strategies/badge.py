@@ -25,7 +25,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxal.model import batched, embed
 from jaxal.ops.kmeanspp import FIRST_CENTRES, STORAGE_DTYPES, kmeanspp, kmeanspp_factored
-from jaxal.strategies.base import Context, Query, register
+from jaxal.strategies.base import Context, Query, on_mesh, register
 from jaxal.validation import check_choice, check_finite, check_positive
 
 __all__ = ["badge_factors", "gradient_embedding", "badge"]
@@ -90,6 +90,35 @@ def gradient_embedding(model, x, *, bias: bool = True, batch_size: int = 1024) -
     return batched(lambda hb: _grad_chunk(model.head, model.params["head"], hb, bias), h, batch_size)
 
 
+def _factor_rows(model, xb: jax.Array) -> tuple[jax.Array, jax.Array]:
+    h = model.features(model.params["body"], xb)
+    return _residual(model.head(model.params["head"], h)), h
+
+
+def _grad_rows(model, xb: jax.Array) -> jax.Array:
+    return _grad_chunk(model.head, model.params["head"], model.features(model.params["body"], xb), True)
+
+
+def _grad_rows_no_bias(model, xb: jax.Array) -> jax.Array:
+    return _grad_chunk(model.head, model.params["head"], model.features(model.params["body"], xb), False)
+
+
+def _badge_on_mesh(key: jax.Array, ctx: Context, budget: int, use_fast: bool, *, bias: bool, first: str,
+                   dtype: str | None, batch_size: int) -> Query:
+    """BADGE with the pool's factors (or embeddings) cached sharded by rows over ``ctx.mesh``:
+    ``N·(C + d)`` floats on the fast path, ``N·P`` on the general one."""
+    if use_fast:
+        f = on_mesh(ctx, _factor_rows, ctx.model, chunk_rows=batch_size, what="BADGE's factors (p - e_y, h)")
+        a, h = f.data
+        check_finite("features h(x_pool)", h)
+        idx = kmeanspp_factored(key, a, h, budget, bias=bias, first=first, dtype=dtype, n_valid=f.n)
+    else:
+        g = on_mesh(ctx, _grad_rows if bias else _grad_rows_no_bias, ctx.model, chunk_rows=min(batch_size, 1024),
+                    what="BADGE's gradient embeddings")
+        idx = kmeanspp(key, g.data, budget, first=first, dtype=dtype, n_valid=g.n)
+    return Query(indices=idx, info={"path": "factored" if use_fast else "grad", "devices": int(ctx.mesh.size)})
+
+
 def _check(options: dict, *, budget: int, model: Any = None, sequential: bool = False) -> None:
     check_positive(options, "batch_size")
     check_choice("first", options.get("first", "max_norm"), FIRST_CENTRES)
@@ -123,6 +152,8 @@ def badge(
     use_fast = ctx.model.dense_head if fast is None else bool(fast)
     if use_fast and not ctx.model.dense_head:
         raise ValueError("fast=True needs a Dense head (model.dense_head is False)")
+    if ctx.mesh is not None:
+        return _badge_on_mesh(key, ctx, budget, use_fast, bias=bias, first=first, dtype=dtype, batch_size=batch_size)
     if use_fast:
         a, h = badge_factors(ctx.model, ctx.x_pool, batch_size=batch_size)
         idx = kmeanspp_factored(key, a, h, budget, bias=bias, first=first, dtype=dtype)

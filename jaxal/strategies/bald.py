@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxal.ops.entropy import entropy
-from jaxal.strategies.base import Context, register, top_k_indices
+from jaxal.strategies.base import Context, register, top_k_indices, top_k_on_mesh
 from jaxal.validation import check_positive
 
 __all__ = ["bald_from_probs", "bald_scores", "bald"]
@@ -59,24 +59,7 @@ def bald_scores(
 ) -> jax.Array:
     """BALD scores ``[n]`` of ``x``: MC dropout with ``num_samples`` keys drawn from
     ``key``, or one pass per member of ``params_ensemble``."""
-    if params_ensemble is not None:
-        members = list(params_ensemble)
-        if not members:
-            raise ValueError("params_ensemble is empty: pass at least one params pytree")
-        structs = {jax.tree_util.tree_structure(m) for m in members}
-        if len(structs) != 1:
-            raise ValueError("params_ensemble members must share one pytree structure")
-        samples = jax.tree_util.tree_map(lambda *v: jnp.stack(v), *members)
-        mode = "params"
-    else:
-        if not model.stochastic:
-            raise ValueError(_DETERMINISTIC)
-        if key is None:
-            raise ValueError("bald with MC dropout needs a key")
-        if num_samples < 2:
-            raise ValueError(f"num_samples must be at least 2, got {num_samples}")
-        samples = jax.random.split(key, num_samples)
-        mode = "key"
+    samples, mode = _samples(model, key, num_samples, params_ensemble)
     n = int(np.shape(x)[0])
     outs = []
     for i, start in enumerate(range(0, n, batch_size)):
@@ -84,6 +67,44 @@ def bald_scores(
         s = samples if params_ensemble is not None else jax.vmap(lambda k: jax.random.fold_in(k, i))(samples)
         outs.append(_accumulate(model, s, xb, mode))
     return jnp.concatenate(outs)
+
+
+def _samples(model, key: jax.Array | None, num_samples: int, params_ensemble: Sequence[Any] | None) -> tuple[Any, str]:
+    """What the passes vary: stacked ensemble params (``"params"``) or dropout keys (``"key"``)."""
+    if params_ensemble is not None:
+        members = list(params_ensemble)
+        if not members:
+            raise ValueError("params_ensemble is empty: pass at least one params pytree")
+        structs = {jax.tree_util.tree_structure(m) for m in members}
+        if len(structs) != 1:
+            raise ValueError("params_ensemble members must share one pytree structure")
+        return jax.tree_util.tree_map(lambda *v: jnp.stack(v), *members), "params"
+    if not model.stochastic:
+        raise ValueError(_DETERMINISTIC)
+    if key is None:
+        raise ValueError("bald with MC dropout needs a key")
+    if num_samples < 2:
+        raise ValueError(f"num_samples must be at least 2, got {num_samples}")
+    return jax.random.split(key, num_samples), "key"
+
+
+def _rows_params(model, samples, xb: jax.Array) -> jax.Array:
+    return _accumulate.__wrapped__(model, samples, xb, "params")
+
+
+def _rows_keys(model, samples, xb: jax.Array, rows: jax.Array) -> jax.Array:
+    """BALD of a chunk with one dropout mask per (sample, pool row): ``fold_in(key, row)``."""
+
+    def step(carry, k):
+        one = lambda xi, r: model.apply(model.params, xi[None], jax.random.fold_in(k, r))[0]  # noqa: E731
+        p = jax.nn.softmax(jax.vmap(one)(xb, rows).astype(jnp.float32), axis=-1)
+        return (carry[0] + p, carry[1] + entropy(p)), None
+
+    c = jax.eval_shape(lambda: model.apply(model.params, xb[:1], samples[0])).shape[-1]
+    init = (jnp.zeros((xb.shape[0], c), jnp.float32), jnp.zeros(xb.shape[0], jnp.float32))
+    (sp, sh), _ = jax.lax.scan(step, init, samples)
+    t = samples.shape[0]
+    return entropy(sp / t) - sh / t
 
 
 def _apply_params(model, params, x):
@@ -119,8 +140,18 @@ def bald(
     params_ensemble: Sequence[Any] | None = None,
     batch_size: int = 1024,
 ) -> np.ndarray:
-    """Top-``budget`` pool points by BALD (MC dropout or an ensemble of params)."""
+    """Top-``budget`` pool points by BALD (MC dropout or an ensemble of params).
+
+    On ``ctx.mesh`` the dropout masks are drawn per pool row (from ``fold_in(key, row)``),
+    so they do not depend on how the pool is chunked or sharded: the same indices on any
+    number of devices (other masks than the single-device path, which draws per chunk).
+    """
     k_mc, k_tie = jax.random.split(key)
+    if ctx.mesh is not None:
+        samples, mode = _samples(ctx.model, k_mc, num_samples, params_ensemble)
+        row_fn = _rows_params if mode == "params" else _rows_keys
+        return top_k_on_mesh(k_tie, ctx, budget, row_fn, ctx.model, samples, chunk_rows=batch_size,
+                             row_index=mode == "key")
     scores = bald_scores(
         ctx.model, ctx.x_pool, k_mc, num_samples=num_samples, params_ensemble=params_ensemble, batch_size=batch_size
     )

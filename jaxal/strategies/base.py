@@ -39,7 +39,7 @@ from jaxal.validation import (
 
 __all__ = ["Context", "Query", "Strategy", "Entry", "register", "get", "entry", "names", "sequential_mode",
            "sequential_names", "option_names", "check_options", "select", "make_context", "as_query", "top_k_indices",
-           "positive_options"]
+           "positive_options", "on_mesh", "top_k_on_mesh"]
 
 
 class Context(NamedTuple):
@@ -53,6 +53,14 @@ class Context(NamedTuple):
       num_classes: ``C``, the number of logits.
       state: strategy state carried across rounds by the loop (``None`` at first).
       round: index of the acquisition round (0 for the first query).
+      mesh: a one-axis device mesh (:func:`jaxal.pool.pool_mesh`) to spread the pool's
+        rows over, or ``None`` for the single-device path. On a mesh a strategy reads
+        ``x_pool`` chunk by chunk (it may be a memory map or a TFDS ``data_source``),
+        keeps what it caches for the round sharded by rows (:mod:`jaxal.pool`), and
+        picks the same indices on any number of devices.
+      memory_bytes: bound on what a strategy caches for the whole pool in a round (its
+        features, logits or scores); ``ValueError`` with the size asked when it does not
+        fit. ``None``: no bound.
     """
 
     model: Model
@@ -62,6 +70,8 @@ class Context(NamedTuple):
     num_classes: int
     state: Any = None
     round: int = 0
+    mesh: Any = None
+    memory_bytes: int | None = None
 
 
 class Query(NamedTuple):
@@ -252,10 +262,14 @@ def make_context(
     num_classes: int | None = None,
     state: Any = None,
     round: int = 0,
+    mesh: Any = None,
+    memory_bytes: int | None = None,
 ) -> Context:
-    """Validate inputs and build a :class:`Context`."""
+    """Validate inputs and build a :class:`Context` (on a ``mesh`` the pool is not read
+    whole here: it may not fit, and each strategy checks what it computes from it)."""
     check_nonempty("x_pool", x_pool)
-    check_finite("x_pool", x_pool)
+    if mesh is None:
+        check_finite("x_pool", x_pool)
     check_finite("x_labeled", x_labeled)
     check_same_length(x_labeled=x_labeled, y_labeled=y_labeled)
     if np.shape(x_labeled)[1:] != np.shape(x_pool)[1:] and np.shape(x_labeled)[0] > 0:
@@ -269,7 +283,11 @@ def make_context(
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     y = np.asarray(y_labeled)
     check_labels("y_labeled", y, num_classes)
-    return Context(model, x_labeled, y.astype(np.int32), x_pool, int(num_classes), state, round)
+    if memory_bytes is not None and (isinstance(memory_bytes, bool) or not isinstance(memory_bytes, (int, np.integer))
+                                     or memory_bytes < 1):
+        raise ValueError(f"memory_bytes must be a positive integer (bytes) or None, got {memory_bytes!r}")
+    return Context(model, x_labeled, y.astype(np.int32), x_pool, int(num_classes), state, round, mesh,
+                   None if memory_bytes is None else int(memory_bytes))
 
 
 def _model_outputs(model: Model, x_pool: Any) -> int:
@@ -315,6 +333,8 @@ def select(
     num_classes: int | None = None,
     state: Any = None,
     return_query: bool = False,
+    mesh: Any = None,
+    memory_bytes: int | None = None,
     **options: Any,
 ) -> Any:
     """Pick ``budget`` pool indices with a strategy given by name or as a function.
@@ -335,6 +355,12 @@ def select(
       state: a stateful strategy's state from the previous round (ALBL), else ``None``.
       return_query: return the whole :class:`Query` (``indices``, diagnostics
         ``info``, new ``state``) instead of the indices.
+      mesh: spread the pool over a device mesh (:func:`jaxal.pool.pool_mesh`; every
+        device of every process); ``None``: one device. The same key picks the same
+        indices on any number of devices. On a mesh ``x_pool`` may also be a memory map
+        (``np.load(path, mmap_mode="r")``) or a TFDS ``data_source``: it is read chunk by chunk.
+      memory_bytes: bound on what the strategy caches for the whole pool (features,
+        logits); ``ValueError`` with the size asked when it does not fit.
       **options: the strategy's options (:func:`option_names` lists them; see the
         strategy function's docstring, e.g. ``help(jaxal.strategies.crc.crc)``).
         Unknown names and ill-typed values raise ``ValueError`` before any work.
@@ -359,13 +385,36 @@ def select(
         )
     ctx = make_context(  # num_classes is the outputs found above: the model is not traced again
         model, x_labeled=x_labeled, y_labeled=y_labeled, x_pool=x_pool,
-        num_classes=outputs if num_classes is None else num_classes, state=state
+        num_classes=outputs if num_classes is None else num_classes, state=state, mesh=mesh,
+        memory_bytes=memory_bytes,
     )
     budget = check_budget(budget, int(np.shape(x_pool)[0]))
     if isinstance(strategy, str):
         check_options(strategy, options, budget=budget, model=ctx.model)
     q = as_query(fn(key, ctx, budget, **options), budget, int(np.shape(x_pool)[0]), getattr(fn, "__name__", "strategy"))
     return q if return_query else q.indices
+
+
+def on_mesh(ctx: Context, row_fn: Callable[..., Any], *args: Any, chunk_rows: int = 4096,
+            what: str = "the pool's outputs", row_index: bool = False) -> Any:
+    """``row_fn(*args, xb)`` over every pool row on ``ctx.mesh``: a :class:`jaxal.pool.Sharded`
+    of row outputs, streamed from ``ctx.x_pool`` and bounded by ``ctx.memory_bytes``."""
+    from jaxal import pool
+
+    return pool.map_rows(row_fn, ctx.x_pool, ctx.mesh, *args, chunk_rows=chunk_rows,
+                         memory_bytes=ctx.memory_bytes, what=what, row_index=row_index)
+
+
+def top_k_on_mesh(key: jax.Array, ctx: Context, budget: int, row_score: Callable[..., Any], *args: Any,
+                  chunk_rows: int = 4096, row_index: bool = False) -> np.ndarray:
+    """The ``budget`` pool rows with the largest ``row_score(*args, xb) [b]``, scored and
+    ranked on ``ctx.mesh`` (:func:`jaxal.pool.top_k`: ties drawn from ``key``); the same
+    indices on any number of devices."""
+    from jaxal import pool
+
+    s = on_mesh(ctx, row_score, *args, chunk_rows=chunk_rows, what="the pool's scores", row_index=row_index)
+    check_finite("the pool's scores", s.data)
+    return pool.to_host(pool.top_k(s.data, budget, key, n=s.n)).astype(np.int64)
 
 
 def top_k_indices(scores: Any, k: int, key: jax.Array | None = None) -> np.ndarray:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxal.model import batched, embed
-from jaxal.strategies.base import Context, positive_options, register, top_k_indices
+from jaxal.strategies.base import Context, positive_options, register, top_k_indices, top_k_on_mesh
 
 __all__ = ["egl_scores", "egl"]
 
@@ -42,6 +42,14 @@ def _general(model, h):
     return jax.vmap(one)(h)
 
 
+def _rows_closed_form(model, xb: jax.Array) -> jax.Array:
+    return _closed_form(model, model.features(model.params["body"], xb))
+
+
+def _rows_general(model, xb: jax.Array) -> jax.Array:
+    return _general(model, model.features(model.params["body"], xb))
+
+
 def egl_scores(model, x, *, fast: bool | None = None, batch_size: int = 1024) -> jax.Array:
     """EGL scores ``[n]``; ``fast`` (default ``model.dense_head``) uses the closed form."""
     use_fast = model.dense_head if fast is None else bool(fast)
@@ -55,4 +63,10 @@ def egl_scores(model, x, *, fast: bool | None = None, batch_size: int = 1024) ->
 @register("egl", check=positive_options("batch_size"))
 def egl(key: jax.Array, ctx: Context, budget: int, *, fast: bool | None = None, batch_size: int = 1024) -> np.ndarray:
     """Top-``budget`` pool points by expected squared gradient norm of the head."""
+    if ctx.mesh is not None:
+        use_fast = ctx.model.dense_head if fast is None else bool(fast)
+        if use_fast and not ctx.model.dense_head:
+            raise ValueError("fast=True needs a Dense head (model.dense_head is False)")
+        return top_k_on_mesh(key, ctx, budget, _rows_closed_form if use_fast else _rows_general, ctx.model,
+                             chunk_rows=batch_size)
     return top_k_indices(egl_scores(ctx.model, ctx.x_pool, fast=fast, batch_size=batch_size), budget, key)

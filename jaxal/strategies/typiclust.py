@@ -14,8 +14,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jaxal.model import embed
-from jaxal.strategies.base import Context, positive_options, register
+from jaxal.model import embed, features_rows
+from jaxal.strategies.base import Context, on_mesh, positive_options, register
 from jaxal.validation import check_budget, check_finite
 
 __all__ = ["typicality", "typiclust_select", "typiclust"]
@@ -73,8 +73,18 @@ def typiclust_select(
 
 @register("typiclust", check=positive_options("k_nn", "batch_size"))
 def typiclust(key: jax.Array, ctx: Context, budget: int, *, k_nn: int = 20, batch_size: int = 4096) -> np.ndarray:
-    """TypiClust on ``embed(model, x)`` of the labeled set and the pool."""
-    hp = np.asarray(embed(ctx.model, ctx.x_pool, batch_size))
+    """TypiClust on ``embed(model, x)`` of the labeled set and the pool.
+
+    On ``ctx.mesh`` the features are computed there and gathered to the host (scikit-learn
+    clusters them): ``N·d`` floats on every process.
+    """
+    if ctx.mesh is not None:
+        from jaxal import pool
+
+        feats = on_mesh(ctx, features_rows, ctx.model, chunk_rows=batch_size, what="the pool's features")
+        hp = pool.to_host(feats.data)[: feats.n]
+    else:
+        hp = np.asarray(embed(ctx.model, ctx.x_pool, batch_size))
     if int(np.shape(ctx.x_labeled)[0]) > 0:
         hl = np.asarray(embed(ctx.model, ctx.x_labeled, batch_size))
     else:
