@@ -29,6 +29,23 @@
   mutable collection (BatchNorm's ``batch_stats``) trained in training mode gets
   exact shapes. Dropout masks are drawn for the padded batch shape: the same
   distribution, other draws than an unpadded batch would get.
+- Data parallel: ``train(..., mesh=mesh)`` with a :class:`jax.sharding.Mesh` (e.g.
+  ``Mesh(np.array(jax.devices()), ("pool",))``) splits the rows of every batch over
+  the devices of the mesh's first axis (``NamedSharding(mesh, P(axis))``) and
+  replicates parameters, optimiser state and BatchNorm statistics
+  (``NamedSharding(mesh, P())``); the same jitted step runs on them and XLA's SPMD
+  partitioner inserts the gradient all-reduce (and, for BatchNorm in training mode,
+  the all-reduce of the batch statistics, which are therefore those of the whole
+  batch, as on one device). Batches are padded with weight-0 rows up to a multiple of
+  the mesh size, so the gradient is unchanged. Where padding is not allowed
+  (BatchNorm in training mode), each batch instead shrinks to the largest multiple
+  of the mesh size ``<= b`` (the rows this drops sit out the epoch like the
+  ``n mod k`` left-overs; a ``ValueError`` when ``b`` is smaller than the mesh). The
+  stop rule's inference pass shards its rows the same way. Arrays are built with
+  ``jax.make_array_from_callback`` from the host batch, which every process holds
+  in full (the permutation is drawn on the host from the same key), so the same
+  code runs on one process or several; scalars are read back from replicated
+  outputs.
 - Restarts: ``cold`` (fresh init), ``warm`` (previous weights), ``shrink_perturb``
   (Ash & Adams 2020): ``theta <- lam * theta + sigma * theta_fresh`` (their code) or
   ``theta <- lam * theta + N(0, sigma^2)`` (the thesis text).
@@ -48,6 +65,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxal.interrupt import check as check_interrupt
 from jaxal.ops.buckets import bucket
@@ -286,16 +305,72 @@ def _chunked_host(x: np.ndarray, y: np.ndarray, batch_size: int,
     return xp.reshape((m, b) + x.shape[1:]), yp.reshape(m, b), mask.reshape(m, b)
 
 
-def _stop_rule_chunks(x: np.ndarray, y: np.ndarray) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
+def _stop_rule_chunks(x: np.ndarray, y: np.ndarray,
+                      mesh: Mesh | None = None) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
     """The labeled set as ``[1, b]`` chunks (``b`` = 64 for up to 64 rows, else 256; the
     last chunk padded and masked), each sent to the device once: the per-epoch
     inference pass of the stop rule runs them one by one, so its program has one of
-    two shapes whatever the labeled-set size."""
+    two shapes whatever the labeled-set size. With ``mesh``, ``b`` is rounded up to a
+    multiple of the mesh size and the ``b`` rows are sharded over its first axis."""
     n = x.shape[0]
     b = 64 if n <= 64 else 256
+    if mesh is None:
+        xs, ys, masks = _chunked_host(x, y, b, rows=-(-n // b) * b)
+        return [(jax.device_put(xs[i : i + 1]), jax.device_put(ys[i : i + 1]), jax.device_put(masks[i : i + 1]))
+                for i in range(xs.shape[0])]
+    b = _round_up(b, _mesh_size(mesh))
     xs, ys, masks = _chunked_host(x, y, b, rows=-(-n // b) * b)
-    return [(jax.device_put(xs[i : i + 1]), jax.device_put(ys[i : i + 1]), jax.device_put(masks[i : i + 1]))
-            for i in range(xs.shape[0])]
+    rows = NamedSharding(mesh, P(None, mesh.axis_names[0]))
+    return [tuple(_put_global(a[i : i + 1], rows) for a in (xs, ys, masks)) for i in range(xs.shape[0])]
+
+
+def _round_up(a: int, m: int) -> int:
+    return -(-a // m) * m
+
+
+def _check_mesh(mesh: Any) -> None:
+    if not isinstance(mesh, Mesh):
+        raise ValueError(f"mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}")
+    if not mesh.axis_names:
+        raise ValueError("mesh must have at least one axis (the batch rows are split over its first)")
+
+
+def _mesh_size(mesh: Mesh) -> int:
+    """Devices along the mesh's first axis: the number of row shards."""
+    return int(mesh.shape[mesh.axis_names[0]])
+
+
+def _put_global(host: Any, sharding: NamedSharding) -> jax.Array:
+    """``host`` (the same full value on every process) as a global array with ``sharding``.
+
+    ``make_array_from_callback`` transfers each addressable device its own slice, so
+    it works on one process or several (where ``device_put`` would check that the
+    processes agree, a collective, at every call)."""
+    host = np.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _replicated(tree: Any, mesh: Mesh) -> Any:
+    """Every leaf of ``tree`` replicated over ``mesh`` (``NamedSharding(mesh, P())``);
+    leaves already placed so are kept as they are (no copy)."""
+    rep = NamedSharding(mesh, P())
+
+    def put(a):
+        if isinstance(a, jax.Array):
+            if a.sharding.is_equivalent_to(rep, a.ndim):
+                return a
+            if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+                return jax.random.wrap_key_data(put(jax.random.key_data(a)), impl=jax.random.key_impl(a))
+            if not a.is_fully_addressable:  # a global array laid out otherwise: reshard
+                return jax.device_put(a, rep)
+        return _put_global(a, rep)
+
+    return jax.tree.map(put, tree)
+
+
+def _host_scalar(a: jax.Array) -> np.ndarray:
+    """A replicated result on the host, also when it spans processes (read from a local copy)."""
+    return np.asarray(a.addressable_data(0))
 
 
 def _check_xy(x: Any, y: Any, num_classes: int) -> None:
@@ -354,6 +429,7 @@ def train(
     config: TrainConfig = TrainConfig(),
     *,
     buckets: bool = True,
+    mesh: Mesh | None = None,
 ) -> TrainResult:
     """Train ``module`` from ``variables`` on ``(x [n, ...], y [n])`` with optax.
 
@@ -361,6 +437,22 @@ def train(
     buckets and the stop rule. ``key`` drives the permutations and dropout.
     ``buckets=False`` trains on exact shapes (one compiled step per labeled-set size);
     the result is the same within float rounding.
+
+    ``mesh``: data-parallel training over a :class:`jax.sharding.Mesh` (``None``, the
+    default: one device, as before). The rows of every batch (inputs, labels, row
+    weights) are split over the mesh's first axis, ``mesh.axis_names[0]`` (e.g. a 1-D
+    ``Mesh(np.array(jax.devices()), ("pool",))``), and parameters, optimiser state and
+    BatchNorm statistics are replicated on all its devices; the same jitted step runs
+    and XLA inserts the gradient all-reduce, so the result equals the one-device one
+    within float rounding. Batches are padded with weight-0 rows to a multiple of the
+    mesh size (``buckets=False`` included). A model with BatchNorm trained in training
+    mode, whose batches are never padded, instead trains each batch on the largest
+    multiple of the mesh size ``<= b`` rows (the same as one device when the mesh size
+    divides ``b``; the dropped rows sit out the epoch); a batch smaller than the mesh
+    raises ``ValueError``. The stop rule's inference pass is sharded likewise. The
+    returned variables are replicated over the mesh. With several processes, every
+    process must call with the same arguments (the same host ``x``, ``y`` and
+    ``key``).
     """
     t0 = time.perf_counter()
     _check_xy(x, y, num_classes)
@@ -368,6 +460,8 @@ def train(
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
     if not isinstance(variables, Mapping) or "params" not in variables:
         raise ValueError("variables must be a mapping with a 'params' collection")
+    if mesh is not None:
+        _check_mesh(mesh)
     n = int(np.shape(x)[0])
     if n < 2:
         raise ValueError(f"x must hold at least 2 examples to train (mini-batches of 1 are not used), got {n}")
@@ -382,8 +476,21 @@ def train(
         raise ValueError(f"num_classes={num_classes} but the module outputs {outputs} logits")
     params, state = _split(flax.core.unfreeze(variables))
     # a batch statistic (BatchNorm in training mode) would see padded rows: exact shapes then
-    pad = buckets and not (state and not config.inference_mode)
+    exact = bool(state) and not config.inference_mode
+    pad = buckets and not exact
     batch_rows = bucket(b) if pad else b
+    if mesh is not None:
+        devices = _mesh_size(mesh)
+        if not exact:  # weight-0 rows up to a multiple of the mesh size: the same gradient
+            batch_rows = _round_up(batch_rows, devices)
+        else:  # no padding: the batch split must divide
+            if b < devices:
+                raise ValueError(
+                    f"a batch of {b} rows cannot be split over the mesh's {devices} devices: the model has "
+                    f"BatchNorm trained in training mode, whose batches are never padded (padded rows would "
+                    f"enter the batch statistics); use batches of at least {devices} rows (batch_size and the "
+                    f"labeled set), a mesh of at most {b} devices, or inference_mode=True")
+            b = batch_rows = b - b % devices
 
     # stop-rule and batching fields do not change the compiled step: share its cache entry;
     # neither does inference_mode for a network whose training mode computes the same
@@ -392,27 +499,39 @@ def train(
                                       inference_mode=inference_mode)
     tx, init_opt, step = _step_fn(module, step_config, num_classes)
     evaluate_chunks = _eval_fn(module, config.loss, num_classes)
-    chunks = _stop_rule_chunks(x_np, y_np)  # on the device once, reused every epoch
+    chunks = _stop_rule_chunks(x_np, y_np, mesh)  # on the device once, reused every epoch
+    if mesh is not None:
+        params, state = _replicated((params, state), mesh)
     opt_state = init_opt(params)
     perm_key, dropout_key = split(key, 2)
     rng = host_rng(perm_key)
     weights = np.zeros(batch_rows, np.float32)
     weights[:b] = 1.0
-    weights = jax.device_put(weights)
+    if mesh is None:
+        weights = jax.device_put(weights)
+        to_device = to_replicated = _identity
+        to_host = np.asarray
+    else:
+        rows = NamedSharding(mesh, P(mesh.axis_names[0]))
+        weights = _put_global(weights, rows)
+        opt_state, dropout_key = _replicated((opt_state, dropout_key), mesh)
+        to_device = functools.partial(_put_global, sharding=rows)
+        to_replicated = functools.partial(_put_global, sharding=NamedSharding(mesh, P()))
+        to_host = _host_scalar
     acc, loss, epochs = 0.0, float("nan"), 0
     for epochs in range(1, config.max_epochs + 1):
         batches = np.zeros((k, batch_rows), np.int32)
         batches[:, :b] = rng.permutation(n)[: k * b].reshape(k, b)
         for i in range(k):
             check_interrupt()  # a Ctrl-C stops here, between steps (jaxal.interrupt)
-            counter = np.int32((epochs - 1) * k + i)
+            counter = to_replicated(np.int32((epochs - 1) * k + i))
             idx = batches[i]  # fresh arrays every step: the device may read them later
-            params, state, opt_state, _ = step(params, state, opt_state, dropout_key, counter, x_np[idx], y_np[idx],
-                                               weights)
+            params, state, opt_state, _ = step(params, state, opt_state, dropout_key, counter, to_device(x_np[idx]),
+                                               to_device(y_np[idx]), weights)
         current = {"params": params, **state}
         sums = [evaluate_chunks(current, *chunk) for chunk in chunks]
-        acc = float(np.sum([np.asarray(c) for c, _ in sums])) / n
-        loss = float(np.sum([np.asarray(t) for _, t in sums])) / n
+        acc = float(np.sum([to_host(c) for c, _ in sums])) / n
+        loss = float(np.sum([to_host(t) for _, t in sums])) / n
         if _reached(acc, loss, config):
             break
     return TrainResult(
@@ -423,6 +542,10 @@ def train(
         seconds=time.perf_counter() - t0,
         reached_target=_reached(acc, loss, config),
     )
+
+
+def _identity(a: Any) -> Any:
+    return a
 
 
 def _signature(tree: Any) -> tuple:
