@@ -52,6 +52,21 @@ digits with redundant copies. Small groups check few candidates against each oth
 (``G = 1`` picks near-duplicates and lost to random there); one group of ``Q`` is one
 draw among ``U/Q`` random groups.
 
+On a device mesh (``ctx.mesh``, :mod:`jaxal.pool`; Dense head and ``subset="head"``
+only, ``subset="all"`` needs the single-device path): the pool's features ``h`` are
+computed once, sharded by rows over the mesh (streamed from ``x_pool``, which may be a
+memory map or a TFDS source; ``N·d`` values, bounded by ``ctx.memory_bytes``). The
+groups are drawn on the host from the same key as on one device, identically in every
+process. Group ``i`` is scored by process ``i mod P``: in rounds of a few groups per
+device, the rows it needs are gathered from the mesh (a masked local gather and a
+reduce-scatter: exact, and a device holds only the round's request), and its spectrum
+is solved on the host in float64 exactly as on one device. The per-group ranks are then
+all-gathered (the shared rank ``k`` needs every group's), then the scores, and every
+process takes the same top groups with the same tie-break. With one process this is the
+single-device computation with the features read from the mesh: the same indices, the
+scores to float rounding (the features come from another compiled program).
+``pool_labels``/``per_class`` work on a mesh (the groups are drawn on the host).
+
 Pseudo-AL (experiments only, uses the pool's TRUE labels): with ``pool_labels`` and
 ``per_class=R`` every group holds ``R`` candidates of each class (``G = R·C``). This is
 the paper's class-balanced "pseudo-AL" setting, an oracle-cheating upper bound, not an
@@ -60,26 +75,32 @@ active-learning strategy.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from jaxal.model import Model, embed
+from jaxal.model import Model, embed, features_rows
 from jaxal.ntk import kernel as ntk_kernel
 from jaxal.ops.random import host_permutation, split
 from jaxal.ops.spectral import (
+    DEFAULT_MEMORY_BYTES,
     SPECTRA,
     bordered_spectra,
     default_rtol,
     dual_spectra,
     feature_rtol,
     host_eigvalsh,
+    kth_largest,
     lambda_plus_min,
     ranks,
     scores_from_spectra,
+    shared_rank,
 )
 from jaxal.strategies.base import Context, Query, register, top_k_indices
 from jaxal.validation import check_choice, check_positive
@@ -162,6 +183,8 @@ def _cast(model: Model, x_labeled: Any, x_pool: Any, dtype: Any) -> tuple[Model,
     """The model's floating parameters and the inputs cast to ``dtype``."""
 
     def cast(a):
+        if a is None:
+            return None
         a = jnp.asarray(a)
         return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
 
@@ -194,6 +217,34 @@ def _ntk_blocks(model, x_labeled, x_groups, groups_shape, subset, chunk_points=2
     return k_ll, k_lg, np.concatenate(blocks, axis=0), dt
 
 
+def _phi(h: Any) -> np.ndarray:
+    """``φ = [h, 1]`` in float64."""
+    h = np.asarray(h, np.float64)
+    return np.concatenate([h, np.ones((h.shape[0], 1))], axis=1)
+
+
+def _labeled_side(phi_l: np.ndarray, scale: float, use_dual: bool) -> np.ndarray:
+    """What every group shares: ``Φ_LᵀΦ_L`` (dual) or ``K_LL = scale·Φ_LΦ_Lᵀ`` (primal)."""
+    return phi_l.T @ phi_l if use_dual else scale * (phi_l @ phi_l.T)
+
+
+def _group_spectra(phi_l, shared, phi_g, scale, use_dual, memory_bytes):
+    """Ascending spectra ``[b, ·]`` of the groups ``phi_g [b, G, p]`` over ``L ∪ g``."""
+    if use_dual:
+        return dual_spectra(shared, phi_g, scale=scale, memory_bytes=memory_bytes)
+    k_lg = scale * np.einsum("lp,bgp->blg", phi_l, phi_g)
+    k_gg = scale * np.einsum("bgp,bhp->bgh", phi_g, phi_g)
+    return bordered_spectra(shared, k_lg, k_gg, memory_bytes=memory_bytes)
+
+
+def _feature_plan(h_dtype, n_l, g, p, method, rtol):
+    """``(rtol, rtol_L, use_dual)`` of the Dense-head kernel over ``L ∪ g`` (``p = d+1``)."""
+    n = n_l + g
+    tol = feature_rtol(h_dtype, n, p) if rtol is None else float(rtol)
+    tol_l = feature_rtol(h_dtype, n_l, p) if rtol is None else float(rtol)
+    return tol, tol_l, method == "dual" or (method == "auto" and p < n)
+
+
 def _feature_spectra(model, x_labeled, x_groups, groups_shape, scale, method, rtol, memory_bytes, batch_size):
     """Every group's spectrum of the Dense-head kernel ``C·ΦΦᵀ`` over ``L ∪ g``, from features.
 
@@ -202,23 +253,165 @@ def _feature_spectra(model, x_labeled, x_groups, groups_shape, scale, method, rt
     """
     num, g = groups_shape
     n_l = int(np.shape(x_labeled)[0])
-    n = n_l + g
     # φ = [h, 1] of L and of every group's points, from one forward pass
     h = np.asarray(embed(model, _concat(x_labeled, x_groups) if n_l else x_groups, batch_size))
-    phi = np.concatenate([h.astype(np.float64), np.ones((h.shape[0], 1))], axis=1)
+    phi = _phi(h)
     p = int(phi.shape[1])
     phi_l, phi_g = phi[:n_l], phi[n_l:].reshape(num, g, p)
-    tol = feature_rtol(h.dtype, n, p) if rtol is None else float(rtol)
-    tol_l = feature_rtol(h.dtype, n_l, p) if rtol is None else float(rtol)
-    use_dual = method == "dual" or (method == "auto" and p < n)
-    if use_dual:
-        spectra = dual_spectra(phi_l.T @ phi_l, phi_g, scale=scale, memory_bytes=memory_bytes)
+    tol, tol_l, use_dual = _feature_plan(h.dtype, n_l, g, p, method, rtol)
+    spectra = _group_spectra(phi_l, _labeled_side(phi_l, scale, use_dual), phi_g, scale, use_dual, memory_bytes)
+    return spectra, _labeled_gram(phi_l, scale), tol, tol_l, use_dual
+
+
+def _labeled_gram(phi_l: np.ndarray, scale: float) -> np.ndarray:
+    """The labeled set's Gram on its smaller side (same nonzero spectrum)."""
+    n_l, p = phi_l.shape
+    return scale * (phi_l.T @ phi_l if p < n_l else phi_l @ phi_l.T)
+
+
+def _features_rows_cast(dtype_name: str, model: Model, xb: jax.Array) -> jax.Array:
+    if jnp.issubdtype(xb.dtype, jnp.floating):
+        xb = xb.astype(dtype_name)
+    return features_rows(model, xb)
+
+
+@functools.cache
+def _features_rows_as(dtype_name: str) -> Any:
+    # one (hashable) row function per dtype: map_rows keys its compiled program on it
+    return functools.partial(_features_rows_cast, dtype_name)
+
+
+@functools.lru_cache(maxsize=16)
+def _row_gatherer(mesh: Any) -> Any:
+    """``gather(feats [D·S, ...] rows sharded, idx [D·m] replicated) -> [D·m, ...]`` rows
+    sharded: device ``k`` receives the rows ``idx[k·m:(k+1)·m]``.
+
+    Each device picks, among all requested rows, those it holds (zero elsewhere) and a
+    reduce-scatter adds them up: exact (one nonzero term per row), no device holds more
+    than the request, and only the requested rows cross devices (or hosts)."""
+    ax = mesh.axis_names[0]
+
+    def local(feats, idx):
+        s = feats.shape[0]
+        j = idx - jax.lax.axis_index(ax) * s
+        inside = ((j >= 0) & (j < s)).reshape((-1,) + (1,) * (feats.ndim - 1))
+        rows = jnp.where(inside, feats[jnp.clip(j, 0, s - 1)], jnp.zeros((), feats.dtype))
+        return jax.lax.psum_scatter(rows, ax, scatter_dimension=0, tiled=True)
+
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(ax), P()), out_specs=P(ax)))
+
+
+def _allgather_groups(local: np.ndarray, num: int, nproc: int) -> np.ndarray:
+    """Rows of the groups a process scored (group ``i`` by process ``i mod P``, in order)
+    -> the rows of all ``num`` groups, on every process. float64 travels bit-exact."""
+    if nproc == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    width = -(-num // nproc)
+    f64 = local.dtype == np.float64
+    pad = np.zeros((width,) + local.shape[1:], local.dtype)
+    pad[: local.shape[0]] = local
+    if f64:  # as uint32 pairs: jax would round float64 to float32 without x64
+        pad = pad.view(np.uint32)
+    got = np.asarray(multihost_utils.process_allgather(pad))  # [P, width, ...]
+    if f64:
+        got = np.ascontiguousarray(got).view(np.float64)
+    return np.swapaxes(got, 0, 1).reshape((width * nproc,) + got.shape[2:])[:num]
+
+
+def _mesh_scores(model, x_labeled, x_pool, groups, *, scale, method, spectrum, num_selected, rtol, dtype,
+                 memory_bytes, batch_size, mesh, pool_memory_bytes):
+    """:func:`group_scores` on a mesh (Dense head, ``subset="head"``): the pool's features
+    sharded by rows, every group's rows gathered by the process that scores it (group
+    ``i`` by process ``i mod P``), the spectra solved on the host in float64 as on one
+    device, ranks and scores shared between processes.
+
+    Returns ``(scores [B], group_ranks [B], k, gram_L, rtol, rtol_L, used_dual)``,
+    identical on every process."""
+    from jaxal import pool
+
+    num, g = groups.shape
+    n_pool = int(np.shape(x_pool)[0])
+    if groups.min() < 0 or groups.max() >= n_pool:
+        raise ValueError(f"groups must index the pool's {n_pool} rows, got indices in "
+                         f"[{groups.min()}, {groups.max()}]")
+    n_l = int(np.shape(x_labeled)[0])
+    if dtype is not None:
+        model, x_labeled, _ = _cast(model, x_labeled, None, dtype)
+    row_fn = features_rows if dtype is None else _features_rows_as(jnp.dtype(dtype).name)
+    feats = pool.map_rows(row_fn, x_pool, mesh, model, chunk_rows=batch_size, memory_bytes=pool_memory_bytes,
+                          what="CRC's pool features h(x)")
+    data = feats.data
+    if data.ndim != 2:
+        raise ValueError(f"CRC needs features h(x) of shape [n, d], got rows of shape {tuple(data.shape[1:])}")
+    p = int(data.shape[1]) + 1
+    h_l = np.asarray(embed(model, x_labeled, batch_size)) if n_l else np.zeros((0, p - 1), data.dtype)
+    phi_l = _phi(h_l)
+    tol, tol_l, use_dual = _feature_plan(data.dtype, n_l, g, p, method, rtol)
+    shared = _labeled_side(phi_l, scale, use_dual)
+    width = p if use_dual else n_l + g
+
+    devices = list(mesh.devices.flat)
+    owner = np.array([d.process_index for d in devices])
+    nproc, me = jax.process_count(), jax.process_index()
+    if set(owner.tolist()) != set(range(nproc)):
+        raise ValueError(f"the mesh's devices belong to processes {sorted(set(owner.tolist()))} but there are "
+                         f"{nproc}: CRC on a mesh needs devices of every process (jaxal.pool.pool_mesh())")
+    pos = [np.flatnonzero(owner == q) for q in range(nproc)]  # each process's places on the mesh
+    own = [np.arange(q, num, nproc) for q in range(nproc)]  # the groups each process scores
+    n_dev = len(devices)
+    # groups per device per gathering round: every device holds the whole request
+    # (D·gpd·G rows) for a moment, and a process its φ rows in float64
+    bound = DEFAULT_MEMORY_BYTES if memory_bytes is None else int(memory_bytes)
+    gpd = max(1, bound // (8 * p * g * n_dev))
+    gpd = min(gpd, max(-(-len(own[q]) // len(pos[q])) for q in range(nproc)))
+    gpd = 1 << (gpd.bit_length() - 1)  # a power of two: few programs as the pool shrinks
+    rounds = max(-(-len(own[q]) // (gpd * len(pos[q]))) for q in range(nproc))
+    gather = _row_gatherer(mesh)
+    spectra = np.empty((len(own[me]), width), np.float64)
+    finite = True
+    m = gpd * g
+    for r in range(rounds):
+        idx = np.zeros((n_dev, gpd, g), np.int32)
+        slot = np.full((n_dev, gpd), -1, np.int64)  # which group each device's rows are
+        for q in range(nproc):
+            per = gpd * len(pos[q])
+            take = own[q][r * per : (r + 1) * per]
+            blk = np.full(per, -1, np.int64)
+            blk[: take.shape[0]] = take
+            blk = blk.reshape(len(pos[q]), gpd)
+            idx[pos[q]] = np.where(blk[..., None] >= 0, groups[np.maximum(blk, 0)], 0)
+            slot[pos[q]] = blk
+        flat = idx.reshape(-1)
+        req = jax.make_array_from_callback(flat.shape, NamedSharding(mesh, P()), lambda i, a=flat: a[i])
+        got = {}
+        for sh in gather(data, req).addressable_shards:
+            got[(sh.index[0].start or 0) // m] = sh.data
+        ids, phi_g = [], []
+        for k in pos[me]:
+            keep = slot[k] >= 0
+            if keep.any():
+                ids.append(slot[k][keep])
+                phi_g.append(np.asarray(got[int(k)]).reshape(gpd, g, p - 1)[keep])
+        if not ids:
+            continue
+        phi_g = _phi(np.concatenate(phi_g).reshape(-1, p - 1)).reshape(-1, g, p)
+        if not np.isfinite(phi_g).all():  # say so after the ranks are shared: never raise alone
+            finite = False
+            phi_g = np.nan_to_num(phi_g, nan=0.0, posinf=0.0, neginf=0.0)
+        spectra[np.concatenate(ids) // nproc] = _group_spectra(phi_l, shared, phi_g, scale, use_dual, memory_bytes)
+    group_ranks = _allgather_groups(ranks(spectra, tol).astype(np.int32), num, nproc).astype(np.int64)
+    if not bool(np.all(_allgather_groups(np.array([finite], np.int32), nproc, nproc))):
+        raise ValueError("CRC: the pool's features h(x) have non-finite values (NaN or inf); check x_pool "
+                         "(on a mesh it is not checked up front) and the model")
+    if spectrum == "positive":
+        k, local = None, np.asarray(lambda_plus_min(spectra, tol, None), np.float64)
     else:
-        k_lg = scale * np.einsum("lp,bgp->blg", phi_l, phi_g)
-        k_gg = scale * np.einsum("bgp,bhp->bgh", phi_g, phi_g)
-        spectra = bordered_spectra(scale * (phi_l @ phi_l.T), k_lg, k_gg, memory_bytes=memory_bytes)
-    gram_l = scale * (phi_l.T @ phi_l if p < n_l else phi_l @ phi_l.T)
-    return spectra, gram_l, tol, tol_l, use_dual
+        k = shared_rank(group_ranks, num_selected)
+        local = kth_largest(spectra, k, tol)
+    scores = _allgather_groups(local, num, nproc)
+    return scores, group_ranks, k, _labeled_gram(phi_l, scale), tol, tol_l, use_dual
 
 
 def group_scores(
@@ -237,6 +430,8 @@ def group_scores(
     dtype: Any = None,
     memory_bytes: int | None = None,
     batch_size: int = 4096,
+    mesh: Any = None,
+    pool_memory_bytes: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     """CRC's score of every group: the bottom of the significant spectrum of the
     trace-NTK Gram over ``L ∪ g``.
@@ -266,9 +461,17 @@ def group_scores(
         ``(t, |L|+G)``.
       dtype: evaluate the network in this dtype (its floating parameters and the inputs
         are cast; e.g. ``jnp.float64`` inside ``jax.enable_x64``); default as it is.
-      memory_bytes: bound on the working memory of one stack of eigenproblems.
+      memory_bytes: bound on the working memory of one stack of eigenproblems (and, on
+        a mesh, of one round of gathered group features).
       batch_size: rows per forward pass when embedding.
       kernel: the 0.1 name of ``subset`` (``"last"`` / ``"full"``); deprecated.
+      mesh: a one-axis device mesh (:func:`jaxal.pool.pool_mesh`) to compute the pool's
+        features on, sharded by rows (``x_pool`` is then read chunk by chunk: an array,
+        a memory map or :class:`jaxal.pool.Rows`); ``None``: one device. Dense head and
+        ``subset="head"`` only. The same scores as on one device, on every process; with
+        several processes each scores every ``P``-th group (see :func:`crc`).
+      pool_memory_bytes: on a mesh, bound on the pool's cached features (``N·d`` values,
+        spread over the devices); ``ValueError`` saying the size when they do not fit.
 
     Returns:
       ``(scores [B] float64, info)``; ``info`` has ``method``, ``rtol``, ``rank`` (the
@@ -287,12 +490,23 @@ def group_scores(
     num, g = groups.shape
     n_l = int(np.shape(x_labeled)[0])
     n = n_l + g
-    if dtype is not None:
-        model, x_labeled, x_pool = _cast(model, x_labeled, x_pool, dtype)
-    x_groups = _take(x_pool, groups.reshape(-1))
     dense_last = subset == "head" and model.dense_head
     if method == "dual" and not dense_last:
         raise ValueError("method='dual' needs subset='head' and a Dense head (model.dense_head)")
+    if mesh is not None:
+        if not dense_last:
+            raise ValueError(
+                f"crc with subset={subset!r}{'' if model.dense_head else ' and a head that is not Dense'} computes "
+                "the NTK with jaxal.ntk.kernel, which needs the single-device path: call it with mesh=None (only "
+                "subset='head' with a Dense head, model.dense_head, runs on a mesh)")
+        scores, group_ranks, k, gram_l, tol, tol_l, use_dual = _mesh_scores(
+            model, x_labeled, x_pool, groups, scale=float(num_classes), method=method, spectrum=spectrum,
+            num_selected=num_selected, rtol=rtol, dtype=dtype, memory_bytes=memory_bytes, batch_size=batch_size,
+            mesh=mesh, pool_memory_bytes=pool_memory_bytes)
+        return scores, _score_info(scores, group_ranks, k, gram_l, tol, tol_l, use_dual, n_l)
+    if dtype is not None:
+        model, x_labeled, x_pool = _cast(model, x_labeled, x_pool, dtype)
+    x_groups = _take(x_pool, groups.reshape(-1))
     if dense_last:
         spectra, gram_l, tol, tol_l, use_dual = _feature_spectra(
             model, x_labeled, x_groups, (num, g), float(num_classes), method, rtol, memory_bytes, batch_size)
@@ -305,6 +519,11 @@ def group_scores(
         gram_l = k_ll
 
     scores, group_ranks, k = scores_from_spectra(spectra, tol, spectrum, num_selected)
+    return scores, _score_info(scores, group_ranks, k, gram_l, tol, tol_l, use_dual, n_l)
+
+
+def _score_info(scores, group_ranks, k, gram_l, tol, tol_l, use_dual, n_l) -> dict:
+    """:func:`group_scores`' ``info``."""
     if n_l:
         spec_l = host_eigvalsh(gram_l)[None]
         labeled_rank = int(ranks(spec_l, tol_l)[0])
@@ -321,7 +540,7 @@ def group_scores(
         "labeled_rank": labeled_rank,
         "labeled_score": labeled_score,
     }
-    return scores, info
+    return info
 
 
 def default_group_size(budget: int) -> int:
@@ -397,12 +616,17 @@ def crc(
       group_size: ``G``; must divide ``budget``. Default :func:`default_group_size`
         (``Q/2`` for an even ``Q``).
       subset, method, spectrum, rtol, dtype, memory_bytes, batch_size: see
-        :func:`group_scores` (``num_selected = Q/G``); ``kernel``: the deprecated 0.1
-        name of ``subset``.
+        :func:`group_scores` (``num_selected = Q/G``; ``memory_bytes`` defaults to
+        ``ctx.memory_bytes``, which ``select(memory_bytes=...)`` sets); ``kernel``: the
+        deprecated 0.1 name of ``subset``.
       max_groups: score at most this many random groups (a random pool subset).
       pool_labels: ``[U]`` TRUE pool labels — pseudo-AL experiments only (uses the
         oracle's labels; an upper bound, not active learning). Needs ``per_class``.
       per_class: ``R`` candidates of each class per group (``G = R·C``).
+
+    On ``ctx.mesh`` (Dense head, ``subset="head"``) the pool's features are computed
+    sharded over the mesh and the groups' spectra split between processes (module
+    docstring); the same indices as ``mesh=None`` for the same key.
 
     Returns:
       :class:`~jaxal.strategies.base.Query` whose ``info`` records the selected groups'
@@ -455,8 +679,10 @@ def crc(
         num_selected=wanted,
         rtol=rtol,
         dtype=dtype,
-        memory_bytes=memory_bytes,
+        memory_bytes=ctx.memory_bytes if memory_bytes is None else memory_bytes,
         batch_size=batch_size,
+        mesh=ctx.mesh,
+        pool_memory_bytes=ctx.memory_bytes,
     )
     best = top_k_indices(scores, wanted, k_tie)
     top_ties, decided = _tie_report(scores, best)
