@@ -13,14 +13,14 @@ import importlib
 
 __all__ = [
     "Model", "from_linen", "from_nnx", "from_functions", "select", "register", "names", "strategy_names",
-    "Context", "Query", "data", "models", "ntk", "ops", "lookahead", "strategies", "training", "experiment",
+    "Context", "Query", "data", "models", "ntk", "ops", "lookahead", "strategies", "training", "experiment", "pool",
 ]
 
 __version__ = "0.2.0.dev0"
 
 # Everything loads on first use (PEP 562), so ``import jaxal`` and the ``jaxal`` program
 # start in milliseconds: the command line installs its Ctrl-C handling before JAX loads.
-_SUBMODULES = ("data", "lookahead", "models", "ntk", "ops", "strategies", "training", "experiment")
+_SUBMODULES = ("data", "lookahead", "models", "ntk", "ops", "strategies", "training", "experiment", "pool")
 _ATTRIBUTES = {
     "Model": "jaxal.model", "from_functions": "jaxal.model", "from_linen": "jaxal.model", "from_nnx": "jaxal.model",
     "Context": "jaxal.strategies", "Query": "jaxal.strategies", "names": "jaxal.strategies",

@@ -14,9 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from models_for_tests import TinyMLP, tiny_mlp
+from models_for_tests import tiny_mlp
 
-import jaxal
 from jaxal import pool
 from jaxal.strategies import select
 

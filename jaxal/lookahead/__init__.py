@@ -11,6 +11,8 @@ kernel; ``docs/lookahead.md`` has the maths and the correction to the paper's eq
   empirical NTK or an infinite-width kernel).
 - :mod:`~jaxal.lookahead.sequential`: :class:`Sequential`, the annotator in the loop.
 - :mod:`~jaxal.lookahead.baselines`: infinite-width ReLU NTK, one-step-SGD look-ahead.
+- :mod:`~jaxal.lookahead.pool_scores`: every row of a large pool as a candidate, scored
+  against an evaluation subset, the pool sharded over a device mesh (``select(mesh=)``).
 
 The strategies ``mlmoc``, ``emoc``, ``eer`` and ``flip_rate`` live in
 :mod:`jaxal.strategies.model_change` (the expected-model-change family).
@@ -28,4 +30,5 @@ from jaxal.lookahead.core import (  # noqa: F401
     scores,
 )
 from jaxal.lookahead.from_model import APPROXIMATIONS, init_from_model, kernel_blocks  # noqa: F401
+from jaxal.lookahead.pool_scores import PoolScores, pool_scores  # noqa: F401
 from jaxal.lookahead.sequential import Sequential  # noqa: F401

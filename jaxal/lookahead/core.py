@@ -823,3 +823,138 @@ def greedy_batch(
     if budget == 0:
         return jnp.zeros((0,), jnp.int32), state, jnp.zeros((0,), jnp.int32)
     return _greedy_compiled(state, budget, objective, probability, chunk_size, method)
+
+
+# ------------------------------------------------------- candidates outside S (a pool)
+#
+# The functions above keep Σ on S × S, so the candidates are S. To score every row J of
+# a large pool (jaxal.lookahead.pool_scores) against an evaluation set S, only the rows
+# Σ(J, S) are needed, and they come from the labeled set's factor alone:
+#
+#     A_J = K_JL Lc⁻ᵀ,   Σ(J, S) = K_JS − A_J A_Sᵀ,   σ²(J) = diag K_JJ − ‖A_J‖²,
+#     mean_J = f_J + K_JL (K_LL + δI)⁻¹ R,
+#
+# with Lc Lcᵀ = K_LL + δI (the same Cholesky, jitter and padding as init). For j ∈ S
+# these are init's Σ(j, :), Σ(j, j) and mean_j (the same expressions, with Lc⁻¹ applied
+# as a product instead of a solve), so the scores below are :func:`scores`' for those
+# candidates; the clamping rule and the ranking rule are the same.
+
+
+class LabeledSolve(NamedTuple):
+    """The labeled set's part of the look-ahead, for candidates scored row by row (scalar kernels).
+
+    Attributes:
+      inv_factor: ``[L, L]`` ``Lc⁻¹`` (lower triangular), ``Lc Lcᵀ = K_LL + δI`` with
+        padded rows decoupled as in :func:`init`.
+      alpha: ``[L, C]`` ``(K_LL + δI)⁻¹ R`` (0 on padded rows).
+      valid: ``[L]`` 1 on real labeled rows, 0 on padding (multiplies ``K_JL``'s columns).
+      nugget: the absolute jitter ``δ``; relative_jitter, ok: as :class:`LookaheadInfo`.
+    """
+
+    inv_factor: Array
+    alpha: Array
+    valid: Array
+    nugget: Array
+    relative_jitter: Array
+    ok: Array
+
+
+@functools.partial(jax.jit, static_argnames=("jitter",))
+def solve_labeled(
+    k_ll: Array, f_l: Array, y_l: Array, *, jitter: float | None = None, valid_l: Array | None = None
+) -> LabeledSolve:
+    """Factor ``K_LL`` once (:func:`~jaxal.ops.linalg.stable_cholesky`, padding decoupled
+    as in :func:`init`) for :func:`posterior_rows`. ``k_ll`` is a scalar ``[L, L]`` kernel
+    (``L >= 1``), ``f_l`` ``[L, C]`` the network outputs, ``y_l`` ``[L]`` int labels."""
+    k_ll, f_l = jnp.asarray(k_ll), jnp.asarray(f_l)
+    if k_ll.ndim != 2:
+        raise ValueError(f"solve_labeled takes a scalar kernel [L, L], got shape {k_ll.shape}")
+    dtype = jnp.result_type(k_ll.dtype, f_l.dtype, jnp.float32)
+    n_l, c = f_l.shape
+    kll = k_ll.astype(dtype)
+    resid = jax.nn.one_hot(jnp.asarray(y_l), c, dtype=dtype) - f_l.astype(dtype)
+    valid = jnp.ones((n_l,), bool) if valid_l is None else jnp.asarray(valid_l, bool)
+    kll, _, resid = _decouple_padding(kll, jnp.zeros((0, n_l), dtype), resid, valid, 1)
+    chol = stable_cholesky(kll, jitter=jitter)
+    alpha = cho_solve(chol, resid)
+    inv_factor = jax.scipy.linalg.solve_triangular(chol.factor, jnp.eye(n_l, dtype=dtype), lower=True)
+    return LabeledSolve(inv_factor, alpha, valid.astype(dtype), chol.jitter, chol.relative_jitter, chol.ok)
+
+
+def _dot(a: Array, b: Array) -> Array:
+    # Σ and σ² are differences of nearly equal terms: full float32 products (no TF32)
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
+def labeled_rows(k_jl: Array, lab: LabeledSolve | None) -> Array:
+    """``A_J = K_JL Lc⁻ᵀ`` ``[b, L]`` (padded columns of ``K_JL`` zeroed); ``[b, 0]`` when
+    there is no labeled set (``lab`` None)."""
+    if lab is None:
+        return jnp.zeros((k_jl.shape[0], 0), k_jl.dtype)
+    return _dot(k_jl * lab.valid, lab.inv_factor.T)
+
+
+def posterior_rows(
+    k_jl: Array, k_js: Array, k_jj: Array, f_j: Array, a_s: Array, lab: LabeledSolve | None
+) -> tuple[Array, Array, Array]:
+    """``(Σ(J, S) [b, S], σ²(J) [b], mean_J [b, C])`` of a block of candidates ``J``.
+
+    Args:
+      k_jl: ``[b, L]``, k_js: ``[b, S]`` kernel rows; k_jj: ``[b]`` diagonal; f_j:
+        ``[b, C]`` network outputs; a_s: ``[S, L]`` :func:`labeled_rows` of ``K_SL``;
+      lab: :func:`solve_labeled`, or ``None`` for an empty labeled set (then ``Σ = K``
+        and ``mean = f``).
+    """
+    if lab is None:
+        return k_js, k_jj, f_j
+    a_j = labeled_rows(k_jl, lab)
+    cov = k_js - _dot(a_j, a_s.T)
+    var = k_jj - jnp.sum(a_j * a_j, axis=-1)
+    mean = f_j + _dot(k_jl * lab.valid, lab.alpha)
+    return cov, var, mean
+
+
+def candidate_scores(
+    cov_rows: Array,
+    var: Array,
+    mean_j: Array,
+    f_j: Array,
+    mean_s: Array,
+    offset_s: Array,
+    floor: Array,
+    nugget: Array | float,
+    objective: str,
+    probability: str = "softmax",
+    linearised: bool = False,
+) -> tuple[Array, Array]:
+    """Raw look-ahead scores ``[b]`` of candidates given their rows ``Σ(J, S)``, and ``dead [b]``.
+
+    The rule of :func:`scores` for a scalar kernel, candidate by candidate: ``σ²(j) <=
+    floor`` is clamped (inverse 0, ``dead``); MLMOC/EMOC by the closed form
+    (:func:`_closed_form_block`), EER/flip rate from the explicit ``[S, b, Y, C]`` change.
+    ``mean_s``/``offset_s`` ``[S, C]`` are the state's on ``S``; the candidates' offset is
+    ``mean_j − f_j`` (``reference="network"``) or 0 (``linearised``), as on ``S``. Apply
+    :func:`rank_pool` to all candidates' raw scores for the ranking rule.
+    """
+    check_choice("objective", objective, OBJECTIVES)
+    check_choice("probability", probability, PROBABILITY_MAPS)
+    ok = var > floor
+    inv = jnp.where(ok, 1.0 / jnp.where(ok, var + nugget, 1.0), 0.0)
+    ref_j = mean_j if linearised else mean_j - (mean_j - f_j)  # reference = mean − offset, as in reference()
+    if objective in CLOSED_FORM_OBJECTIVES:
+        offset_sq = jnp.sum(offset_s * offset_s, axis=-1)
+        s = _closed_form_block(cov_rows, offset_s, offset_sq, mean_j, inv, ref_j, objective, probability)
+    else:
+        targets, weights = label_targets(ref_j, objective, probability)  # [b, Y, C], [b, Y]
+        gain = inv[:, None, None] * (targets - mean_j[:, None, :])
+        delta = cov_rows.T[:, :, None, None] * gain[None]  # [S, b, Y, C]
+        s = reduce_objective(objective, offset_s[:, None, None, :] + delta, mean_s[:, None, None, :] + delta,
+                             mean_s - offset_s, weights, probability)
+    return s, ~ok
+
+
+@jax.jit
+def rank_pool(s: Array, dead: Array, valid: Array) -> Array:
+    """:func:`scores`' ranking rule over a pool's raw scores: rows not ``valid`` (padding)
+    ``−inf``, dead (clamped) candidates one finite score below every live one."""
+    return _rank_last(s, dead & valid, ~valid)

@@ -130,6 +130,14 @@ def _build(model: Model, split, contraction: str, implementation: str, x_example
     return _CACHE[key]
 
 
+def engine_for(model: Model, split: Any, contraction: str, implementation: str, x_example: Any,
+               memory_bytes: int) -> Engine:
+    """The :class:`~jaxal.ntk.engine.Engine` :func:`kernel` uses for these settings: its
+    ``prepare``/``pair``/``diag`` are pure functions of the parameters and a batch, for
+    callers that compute kernel rows inside their own jitted code (the pool look-ahead)."""
+    return _build(model, split, contraction, implementation, x_example, int(memory_bytes), None)[1]
+
+
 def _default_mesh() -> Mesh | None:
     devices = jax.devices()
     return Mesh(np.array(devices), ("pool",)) if len(devices) > 1 else None

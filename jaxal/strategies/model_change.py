@@ -53,6 +53,18 @@ parameters the empirical NTK differentiates), ``probability`` ('softmax' | 'simp
 default: the step that fits the candidate's residual), ``depth``
 (approximation='infinite_ntk_param'), ``jitter``, ``variance_floor``, ``chunk_size``.
 ``Query.info`` reports the jitter and the number of clamped candidates.
+
+On a mesh (``select(..., mesh=jaxal.pool.pool_mesh(), memory_bytes=...)``, or
+``Context.mesh``; a one-device mesh works too) the candidates are the *whole pool*, not
+``S``: the pool is streamed chunk by chunk and sharded over the devices, ``S`` is a
+uniform subset of ``eval_size`` rows (default ``min(pool, 2000)``; it need not hold the
+budget), and every row is scored against ``S`` from its kernel rows ``K(x, L)``,
+``K(x, S)``, ``k(x, x)`` alone (:mod:`jaxal.lookahead.pool_scores`): a candidate in ``S``
+gets exactly the single-device path's score. ``memory_bytes`` bounds each device's
+working set (the replicated ``[L, L]`` factor and ``[S, L]`` rows plus one chunk) and
+sets the chunk (``chunk_size`` caps it). Only ``batch='topk'``,
+``approximation='empirical'`` and scalar contractions run there; the others are refused
+with the single-device alternative named. The sequential twins ignore the mesh.
 """
 
 from __future__ import annotations
@@ -64,12 +76,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxal import pool
 from jaxal.interrupt import check as check_interrupt
 from jaxal.lookahead import core
 from jaxal.lookahead.baselines import one_step_sgd_scores
 from jaxal.lookahead.from_model import APPROXIMATIONS as KERNEL_APPROXIMATIONS
 from jaxal.lookahead.from_model import CONTRACTIONS
 from jaxal.lookahead.from_model import init_from_model
+from jaxal.lookahead.pool_scores import DEFAULT_EVAL_SIZE, SCALAR_CONTRACTIONS, pool_scores
 from jaxal.ops.random import split
 from jaxal.strategies.base import Context, Query, register, top_k_indices
 from jaxal.validation import check_choice, check_positive
@@ -169,6 +183,8 @@ def _info(objective: str, rows: np.ndarray, linfo: core.LookaheadInfo | None, **
 def _batch_query(objective: str, key: jax.Array, ctx: Context, budget: int, options: dict) -> Query:
     """Top-``budget`` or greedy batch of one objective (the body of the four strategies)."""
     o = _options(options)
+    if ctx.mesh is not None:
+        return _pool_query(objective, key, ctx, budget, o)
     key_eval, key_tie = split(key, 2)
     rows = _eval_rows(key_eval, int(np.shape(ctx.x_pool)[0]), budget, o.eval_size)
     if o.approximation == "sgd":
@@ -188,6 +204,41 @@ def _batch_query(objective: str, key: jax.Array, ctx: Context, budget: int, opti
     return Query(rows[np.asarray(picks)], _info(objective, rows, linfo, num_clamped=n_clamped,
                                                 approximation=o.approximation, contraction=o.contraction,
                                                 batch=o.batch))
+
+
+def _pool_query(objective: str, key: jax.Array, ctx: Context, budget: int, o: LookaheadOptions) -> Query:
+    """The look-ahead with every pool row a candidate, the pool sharded over ``ctx.mesh``
+    (:mod:`jaxal.lookahead.pool_scores`): ``S`` is a uniform subset of ``eval_size`` rows
+    (default ``min(pool, 2000)``), scores are ranked by :func:`jaxal.pool.top_k`."""
+    if o.batch != "topk":
+        raise ValueError(
+            f"batch={o.batch!r} is not available on a mesh: the greedy batch conditions an S×S covariance "
+            "whose rows are the candidates, while on a mesh every pool row is a candidate; use batch='topk', "
+            "or mesh=None (the single-device path) with eval_size for a greedy batch over S"
+        )
+    if o.approximation != "empirical":
+        raise ValueError(
+            f"approximation={o.approximation!r} is not available on a mesh (the pool look-ahead scores rows of "
+            "the trained network's empirical NTK); use approximation='empirical', or mesh=None"
+        )
+    if o.contraction not in SCALAR_CONTRACTIONS:
+        raise ValueError(
+            f"contraction={o.contraction!r} is not available on a mesh: use one of {', '.join(SCALAR_CONTRACTIONS)} "
+            "(a scalar kernel used ⊗ I_C), or mesh=None with a small eval_size for 'full'"
+        )
+    key_eval, key_tie = split(key, 2)
+    n = int(np.shape(ctx.x_pool)[0])
+    size = min(n, DEFAULT_EVAL_SIZE if o.eval_size is None else int(o.eval_size))
+    rows = _eval_rows(key_eval, n, 0, size)  # S need not hold the budget: candidates are the whole pool
+    r = pool_scores(ctx.model, ctx.x_labeled, ctx.y_labeled, ctx.x_pool, ctx.mesh, rows, objective=objective,
+                    probability=o.probability, reference=o.reference, contraction=o.contraction, subset=o.subset,
+                    jitter=o.jitter, variance_floor=o.variance_floor, memory_bytes=ctx.memory_bytes,
+                    chunk_rows=o.chunk_size)
+    picks = pool.to_host(pool.top_k(r.scores.data, budget, key_tie, n=n)).astype(np.int64)
+    return Query(picks, _info(objective, rows, r.info, num_clamped=int(r.info.num_clamped),
+                              approximation=o.approximation, contraction=o.contraction, batch=o.batch, path="pool",
+                              devices=int(ctx.mesh.size), candidates=n, chunk_rows=int(r.chunk_rows),
+                              memory_estimate=int(r.memory)))
 
 
 def _sequential_query(objective: str, key: jax.Array, ctx: Context, budget: int,
