@@ -91,3 +91,24 @@ def test_design_feel_from_the_top_level_import(setup):
     k = jaxal.ntk.kernel(m, xu[:3], xu[:2], contraction="trace", subset="head")
     h = np.asarray(m.embed(xu[:3])), np.asarray(m.embed(xu[:2]))
     np.testing.assert_allclose(k, 3 * (h[0] @ h[1].T + 1), rtol=1e-5)  # C (h·h' + 1)
+
+
+def test_top_k_indices_equals_a_full_sort_with_random_tie_keys():
+    """The partition-based top-k returns exactly the prefix of the full (−score, tie) sort,
+    ties, NaN and inf included."""
+    from jaxal.ops.random import host_rng
+    from jaxal.strategies.base import top_k_indices
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(1, 60))
+        k = int(rng.integers(1, n + 1))
+        s = rng.integers(0, 4, n).astype(float)
+        s[rng.random(n) < 0.15] = np.nan
+        s[rng.random(n) < 0.15] = np.inf
+        key = jax.random.key(trial) if trial % 2 else None
+        if key is None:
+            want = np.argsort(-s, kind="stable")[:k]
+        else:
+            want = np.lexsort((host_rng(key).random(n), -s))[:k]
+        np.testing.assert_array_equal(top_k_indices(s, k, key), want)
