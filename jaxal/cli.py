@@ -84,8 +84,9 @@ def _defaults() -> tuple[Any, Any]:
     return config, config.train
 
 
-def add_run(subparsers: Any) -> None:
-    """``jaxal run``: active-learning experiments, one run per strategy and seed."""
+def add_run(subparsers: Any, devices: bool = True) -> None:
+    """``jaxal run``: active-learning experiments, one run per strategy and seed (``devices``:
+    with the ``--mesh`` / ``--distributed`` flags, which ``jaxal compare`` does not take)."""
     d, dt = _defaults()
     from jaxal import data, models, strategies
 
@@ -95,6 +96,7 @@ def add_run(subparsers: Any) -> None:
         "sequential) vs entropy vs random under the look-ahead protocol)",
         description="Run active learning for each strategy and seed; write records, checkpoints and a "
         "learning-curve plot under --out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the devices section's commands stay as written
     )
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", default=d.dataset,
@@ -156,7 +158,89 @@ def add_run(subparsers: Any) -> None:
     g.add_argument("--compile-cache", default=None, metavar="DIR|off",
                    help="keep compiled XLA programs in DIR for later runs, or 'off' (default: $JAXAL_COMPILE_CACHE, "
                    "else ~/.cache/jaxal/xla)")
+    if devices:
+        add_device_flags(p)
     p.set_defaults(handler=run_command)
+
+
+DEVICES_HELP = """\
+Several devices or hosts. --mesh spreads each round's pool (the strategy's scoring: features, logits,
+k-center / k-means++ loops) and the training (data parallel: batch rows split, parameters replicated)
+over every device of this process: several GPUs, TPU cores, or forced CPU devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=4). --distributed does the same over every device of
+every process of a jax.distributed job: start the same command on every host (in any order):
+
+  JAXAL_COORDINATOR=host0:1234 JAXAL_NUM_PROCESSES=2 JAXAL_PROCESS_ID=0 jaxal run --distributed --out /shared/r
+  JAXAL_COORDINATOR=host0:1234 JAXAL_NUM_PROCESSES=2 JAXAL_PROCESS_ID=1 jaxal run --distributed --out /shared/r
+
+(or --coordinator/--num-processes/--process-id; JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID
+work too; on Cloud TPU, SLURM or Open MPI plain --distributed lets JAX find them). The processes check that
+they were started with the same settings and data; process 0 alone writes records, checkpoints and plots,
+so --out must be on a filesystem every process shares (every process reads the checkpoint on --resume).
+Evaluation on the test set, candidate subsampling, semi-supervised trainers and strategies without a mesh
+path run replicated (every process computes the same on its own device). When a process dies, the others
+stop: with exit code 1 as soon as a collective with it fails (on CPU at once: gloo's connections close), at
+the latest when JAX's coordination service misses its heartbeat for $JAXAL_HEARTBEAT_TIMEOUT seconds
+(default 60; JAX then aborts them, exit status 134). Rerun every process with --resume to continue from
+the last checkpoint. Strategies with a mesh path pick the same indices on any number of devices;
+data-parallel training matches one device to float rounding."""
+
+
+def add_device_flags(p: argparse.ArgumentParser) -> None:
+    """``--mesh``, ``--distributed`` (and its coordinator settings), ``--memory-bytes``."""
+    g = p.add_argument_group("devices", DEVICES_HELP)
+    g.add_argument("--mesh", action="store_true",
+                   help="spread the pool and training over every device of this process")
+    g.add_argument("--distributed", action="store_true",
+                   help="join a jax.distributed job and spread the pool and training over every device of every "
+                   "process (implies --mesh)")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="process 0's address and a free port, the same on every process (implies --distributed; "
+                   "default: $JAXAL_COORDINATOR or $JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="processes in the job (default: $JAXAL_NUM_PROCESSES or $JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, default=None, metavar="K",
+                   help="this process, 0..N-1; 0 writes the files (default: $JAXAL_PROCESS_ID or $JAX_PROCESS_ID)")
+    g.add_argument("--memory-bytes", default=None, metavar="BYTES",
+                   help="bound on what a strategy caches for the whole pool on the mesh (features, logits), e.g. "
+                   "2G or 500M: a strategy that would need more stops with the size it asked for (needs --mesh or "
+                   "--distributed)")
+
+
+def wants_distributed(args: argparse.Namespace) -> bool:
+    """``--distributed``, or one of its coordinator settings given as a flag."""
+    return bool(getattr(args, "distributed", False) or any(
+        getattr(args, k, None) is not None for k in ("coordinator", "num_processes", "process_id")))
+
+
+def parse_bytes(text: str | None, flag: str = "--memory-bytes") -> int | None:
+    """``"2G"`` -> ``2 * 2**30``; plain integers (``"1e9"`` too) are bytes; K, M, G, T
+    (optionally ``KiB``, ``KB`` ...) are powers of 1024."""
+    if text is None:
+        return None
+    t = text.strip().upper().replace("IB", "").rstrip("B")
+    scale = 1
+    if t and t[-1] in "KMGT":
+        scale, t = 1024 ** ("KMGT".index(t[-1]) + 1), t[:-1]
+    try:
+        value = float(t)
+    except ValueError:
+        raise ValueError(f"{flag} expects a number of bytes such as 2000000000, 500M or 2G, got {text!r}") from None
+    if not value * scale >= 1:
+        raise ValueError(f"{flag} must be at least 1 byte, got {text!r}")
+    return int(value * scale)
+
+
+def device_mesh(args: argparse.Namespace) -> Any:
+    """The mesh ``--mesh`` / ``--distributed`` ask for (every device of every process), or ``None``."""
+    if not (getattr(args, "mesh", False) or wants_distributed(args)):
+        if getattr(args, "memory_bytes", None) is not None:
+            raise ValueError("--memory-bytes bounds what a strategy caches for the pool on a device mesh: add --mesh "
+                             "(or --distributed)")
+        return None
+    from jaxal.pool import pool_mesh
+
+    return pool_mesh()
 
 
 def _options_for(strategy: str, options: dict[str, Any], sequential: bool = False) -> dict[str, Any]:
@@ -305,22 +389,33 @@ def results_table(results: dict[str, list[list[dict]]], title: str | None = None
 def run_command(args: argparse.Namespace) -> int:
     """Run every (strategy, seed), print the per-round table, draw the learning curves."""
     from rich.console import Console
+    from rich.markup import escape
 
+    from jaxal import distributed
+    from jaxal.experiment.grid import label_of
     from jaxal.experiment.loop import run
     from jaxal.experiment.plots import plot_learning_curves
     from jaxal.experiment.protocols import describe
 
-    console = Console(soft_wrap=True, highlight=False)
-    if args.resume and not args.out:
-        raise ValueError("--resume needs --out: the directory of the run to continue")
-    from rich.markup import escape
-
-    from jaxal.experiment.grid import label_of
-
-    configs = compare_configs(args)
+    primary = distributed.is_primary()
+    console = Console(soft_wrap=True, highlight=False, quiet=not primary)  # process 0 speaks for the job
+    # With several processes: an error in any of them stops all of them here, and they
+    # must agree on the runs before any loads data or trains.
+    with distributed.together("the command line"):
+        memory_bytes = parse_bytes(args.memory_bytes)
+        mesh = device_mesh(args)
+        if args.resume and not args.out:
+            raise ValueError("--resume needs --out: the directory of the run to continue")
+        configs = compare_configs(args)
+    distributed.agree("the command line", {"runs": {f"{label_of(c)}/seed{c.seed}": c.to_dict() for c in configs},
+                                           "out": args.out, "resume": bool(args.resume), "memory_bytes": memory_bytes,
+                                           "mesh devices": None if mesh is None else int(mesh.size)})
     out = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    if args.out is None:  # process 0's timestamp: the processes may have started seconds apart
+        out = distributed.broadcast("out", out)
     datasets: dict = {}  # each data set loaded once for all runs
-    notes = preflight_all(configs, out, args.resume, datasets)
+    with distributed.together("preflight"):
+        notes = preflight_all(configs, out, args.resume, datasets)
     args.out_resolved = out  # for the interrupt message
     seeds = sorted({c.seed for c in configs})
     c0 = configs[0]
@@ -329,16 +424,21 @@ def run_command(args: argparse.Namespace) -> int:
         f"rounds, seeds {seeds}\nprotocol: {c0.protocol} ({describe(c0.protocol)})\noutput: {out}",
         highlight=False,
     )
+    if mesh is not None:
+        console.print(f"devices: a mesh of {mesh.size} {mesh.devices.flat[0].platform} devices over "
+                      f"{distributed.process_count()} process(es)"
+                      + (f", strategy cache bound {memory_bytes:,} bytes" if memory_bytes else ""), highlight=False)
     for note in notes:
         console.print(f"note: {note}", markup=False)
-    show_progress = not args.quiet and console.is_terminal
+    show_progress = not args.quiet and console.is_terminal and primary
     results: dict[str, list[list[dict]]] = {}
     dirs: dict[str, list[str]] = {}
     for c in configs:
         label = label_of(c)
         run_dir = os.path.join(out, label, f"seed{c.seed}")
         t0 = time.perf_counter()
-        records = run(c, run_dir, resume=args.resume, progress=show_progress, datasets=datasets)
+        records = run(c, run_dir, resume=args.resume, progress=show_progress, datasets=datasets, mesh=mesh,
+                      memory_bytes=memory_bytes)
         results.setdefault(label, []).append(records)
         dirs.setdefault(label, []).append(run_dir)
         last = records[-1] if records else None
@@ -350,6 +450,8 @@ def run_command(args: argparse.Namespace) -> int:
                 " of it compiling)",
                 highlight=False,
             )
+    if not primary:
+        return 0  # process 0 prints the table and draws the plot
     table = results_table(results, title=f"test accuracy per round ({c0.dataset}, {c0.model})")
     # Never wrap the table: it is meant to be pasted into a lab notebook as Markdown.
     needed = sum(max(len(str(col.header)), 14) + 3 for col in table.columns) + 1
@@ -401,7 +503,7 @@ def _run_parser() -> argparse.ArgumentParser:
     so that every run flag (present and future) is a compare flag too."""
     holder = argparse.ArgumentParser(add_help=False)
     sub = holder.add_subparsers()
-    add_run(sub)
+    add_run(sub, devices=False)
     return sub.choices["run"]
 
 
@@ -588,6 +690,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if wants_distributed(args):  # before anything creates JAX's devices
+            from jaxal import distributed
+
+            distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         _import_modules(getattr(args, "imports", None) or [])
         if hasattr(args, "compile_cache"):
             from jaxal.experiment import compile_cache
@@ -603,6 +709,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             interrupt.check()  # one that arrived after the last safe point still counts
             return code
     except (ValueError, ImportError) as e:  # bad input or a missing optional extra: one clear line
+        # (with several processes, raised on every one: a config or data mismatch, a run
+        # directory process 0 cannot use, see jaxal.distributed.together)
         print(f"jaxal {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -612,7 +720,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"\njaxal {args.command}: interrupted; rerun the same command with --resume --out {out}",
                   file=sys.stderr)
+        _leave_job(130)
         return 130
+    except Exception as e:  # with several processes, nothing may wait for the others
+        from jaxal import distributed
+
+        joined = distributed.joined()
+        if isinstance(e, distributed.DistributedError):
+            print(f"jaxal {args.command}: error: {e}", file=sys.stderr)  # processes that cannot work together
+        elif joined and type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError"):
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            out = getattr(args, "out_resolved", None) or "DIR"
+            print(f"jaxal {args.command}: error: process {distributed.process_index()} of "
+                  f"{distributed.process_count()} stopped: an operation with the other processes failed ({first}); "
+                  "another process has probably died (see its output). Rerun every process with --resume --out "
+                  f"{out} to continue from the last checkpoint", file=sys.stderr)
+        elif joined:
+            import traceback
+
+            traceback.print_exc()
+        else:
+            raise
+        _leave_job(1)
+        return 1
+
+
+def _leave_job(code: int) -> None:
+    """With several processes, a process that fails alone exits at once: a normal exit
+    would wait in JAX's shutdown barrier for processes that may themselves be waiting
+    for it inside a collective (until a timeout kills them all); exiting closes its
+    connections, so theirs fail now too."""
+    from jaxal import distributed
+
+    if distributed.joined():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover - the program is jaxal.__main__ (python -m jaxal)

@@ -25,6 +25,20 @@ resumed run draws exactly the keys an uninterrupted one would.
 Files in ``out_dir``: ``config.json`` (written once), ``records.jsonl`` (one JSON
 record per round), ``checkpoint.msgpack`` (see :mod:`jaxal.experiment.checkpoint`).
 The settings and their checks live in :mod:`jaxal.experiment.config` (re-exported here).
+
+Devices: with ``mesh`` (:func:`jaxal.pool.pool_mesh`) the strategy reads the pool sharded
+by rows over the mesh (``Context.mesh``, bounded by ``memory_bytes``) and training is
+data-parallel over it (``train(..., mesh=)``); the trained variables come back to the
+host (NumPy), so evaluation on the test set, candidate subsampling, restarts,
+semi-supervised trainers and strategies that do not use a mesh run as before on the
+default device, never mixing arrays committed to different devices. Several processes
+(:mod:`jaxal.distributed`, a mesh over every process's devices) run the same loop:
+they check that they agree on the config and the data, every one computes every round
+(the replicated parts identically), only process 0 takes the run-directory lock and
+writes ``config.json``, ``records.jsonl`` and the checkpoint, and every process checks
+after each round that it labeled the same points. On resume every process reads the
+checkpoint (the run directory must be on a filesystem they share) once process 0 has
+checked the directory.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ import jax
 import numpy as np
 
 from jaxal import data as data_lib
+from jaxal import distributed
 from jaxal import models as models_lib
 from jaxal import strategies
 from jaxal.experiment import checkpoint as ckpt
@@ -109,6 +124,8 @@ class LoopEnv(NamedTuple):
       root: the seed's root key; every key of the run is folded from it.
       ssl_config: the semi-supervised trainer's settings (``None`` for ``supervised``).
       emit: ``emit(event, round)``, called after a round's query and after its training.
+      mesh: the device mesh the pool and training are spread over (``None``: one device).
+      memory_bytes: bound on what a strategy caches for the pool on the mesh.
     """
 
     config: ExperimentConfig
@@ -122,6 +139,8 @@ class LoopEnv(NamedTuple):
     root: jax.Array
     ssl_config: ssl.SSLConfig | None
     emit: Callable[[str, int], None]
+    mesh: Any = None
+    memory_bytes: int | None = None
 
 
 class LoopState(NamedTuple):
@@ -282,6 +301,8 @@ def run(
     progress: bool = True,
     on_event: Callable[[str, int], None] | None = None,
     datasets: dict | None = None,
+    mesh: Any = None,
+    memory_bytes: int | None = None,
 ) -> list[dict]:
     """Run (or resume) one active-learning experiment and return its round records.
 
@@ -291,13 +312,21 @@ def run(
       resume: continue the run in ``out_dir`` from its last checkpoint (rounds already
         recorded are neither lost nor repeated). Without it, a directory that already
         holds a run is refused (:class:`RunExistsError`).
-      progress: show a rich progress bar.
+      progress: show a rich progress bar (process 0 only).
       on_event: ``on_event(event, round)`` called after each step of a round:
         ``"queried"``, ``"trained"``, ``"recorded"``, ``"checkpointed"`` (tests raise
-        from it to simulate a kill at that instant).
+        from it to simulate a kill at that instant). With several processes it is
+        called on each; ``"checkpointed"`` comes once process 0 has saved the round
+        and every process has checked that it labeled the same points.
       datasets: a dict the caller owns and passes to every run of a grid: data sets
         are loaded into it once (keyed by :func:`jaxal.data.load_key`, arrays made
         read-only) and reused by later runs with the same data. ``None``: load afresh.
+      mesh: a one-axis device mesh (:func:`jaxal.pool.pool_mesh`) to spread the
+        strategy's pool and the training over; ``None``: one device. With several
+        processes (:mod:`jaxal.distributed`) it must span every process (the default
+        ``pool_mesh()`` does); every process calls ``run`` with the same arguments.
+      memory_bytes: bound on what a strategy caches for the whole pool on the mesh
+        (``Context.memory_bytes``); needs ``mesh``.
 
     Returns:
       The records of rounds ``0..config.rounds``. Each holds ``round, n_labeled,
@@ -313,19 +342,68 @@ def run(
         an existing run without ``resume`` (:class:`RunExistsError`), another process
         writing ``out_dir`` (:class:`RunLockedError`), ``rounds`` below the rounds a
         resumed run has recorded, or a corrupt / mismatched checkpoint
-        (:class:`jaxal.experiment.checkpoint.CheckpointError`).
+        (:class:`jaxal.experiment.checkpoint.CheckpointError`); with several processes,
+        processes that disagree on the config or the data
+        (:class:`jaxal.distributed.MismatchError`), and any of these raised on one
+        process is raised on all.
     """
-    ds, module = preflight(config, datasets)  # before out_dir exists: a bad run leaves nothing behind
+    _check_devices(mesh, memory_bytes)
+    multi = distributed.process_count() > 1
+    with distributed.together("preflight"):
+        ds, module = preflight(config, datasets)  # before out_dir exists: a bad run leaves nothing behind
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    with _locked(out_dir):
-        return _run_locked(config, out_dir, ds, module, resume, progress, on_event)
+    if multi:
+        distributed.agree("run settings", {
+            "config": config.to_dict(), "resume": bool(resume), "memory_bytes": memory_bytes,
+            "mesh devices": None if mesh is None else int(mesh.size),
+            "data": distributed.fingerprint_arrays(ds.x_train, ds.y_train, ds.x_test, ds.y_test),
+        })
+    primary = distributed.is_primary()
+    with contextlib.ExitStack() as held:
+        with distributed.together("run directory"):  # checked and locked by process 0 alone
+            restore = False
+            if primary:
+                os.makedirs(out_dir, exist_ok=True)
+                held.enter_context(_locked(out_dir))
+                restore = _prepare_dir(out_dir, config, resume)
+        restore = bool(distributed.broadcast("restore", restore))
+        return _run_locked(config, out_dir, ds, module, restore, progress, on_event, mesh, memory_bytes)
 
 
-def _run_locked(config: ExperimentConfig, out_dir: str, ds: data_lib.Dataset, module: Any, resume: bool,
-                progress: bool, on_event: Callable[[str, int], None] | None) -> list[dict]:
+def _check_devices(mesh: Any, memory_bytes: Any) -> None:
+    """``mesh`` is a one-axis :class:`~jax.sharding.Mesh` spanning every process;
+    ``memory_bytes`` a positive integer, and only with a mesh."""
+    if memory_bytes is not None:
+        if isinstance(memory_bytes, bool) or not isinstance(memory_bytes, (int, np.integer)) or memory_bytes < 1:
+            raise ValueError(f"memory_bytes must be a positive integer (bytes) or None, got {memory_bytes!r}")
+        if mesh is None:
+            raise ValueError("memory_bytes bounds what a strategy caches for the pool on a device mesh; pass mesh= "
+                             "too (CLI: --mesh or --distributed)")
+    if mesh is None:
+        return
+    from jax.sharding import Mesh
+
+    if not isinstance(mesh, Mesh) or len(mesh.axis_names) != 1:
+        raise ValueError(f"mesh must be a one-axis jax.sharding.Mesh (jaxal.pool.pool_mesh()), got {mesh!r}")
+    n = distributed.process_count()
+    covered = {int(d.process_index) for d in mesh.devices.flat}
+    if covered != set(range(n)):
+        raise ValueError(f"the mesh holds devices of processes {sorted(covered)} but the run has {n} processes: "
+                         "every process computes every round, so the mesh must span them all (jaxal.pool.pool_mesh())")
+
+
+def _to_host(tree: Any) -> Any:
+    """Device arrays (replicated over a mesh, maybe over several processes) as NumPy."""
+    from jaxal.pool import to_host
+
+    return jax.tree.map(lambda a: to_host(a) if isinstance(a, jax.Array) else a, tree)
+
+
+def _run_locked(config: ExperimentConfig, out_dir: str, ds: data_lib.Dataset, module: Any, restore: bool,
+                progress: bool, on_event: Callable[[str, int], None] | None, mesh: Any = None,
+                memory_bytes: int | None = None) -> list[dict]:
     emit = on_event or (lambda event, r: None)
-    restore = _prepare_dir(out_dir, config, resume)
+    primary = distributed.is_primary()
     x_train, y_train = np.asarray(ds.x_train), np.asarray(ds.y_train)
     root = jax.random.key(config.seed)
     env = LoopEnv(
@@ -340,6 +418,8 @@ def _run_locked(config: ExperimentConfig, out_dir: str, ds: data_lib.Dataset, mo
         root=root,
         ssl_config=_ssl_config(config),
         emit=emit,
+        mesh=mesh,
+        memory_bytes=memory_bytes,
     )
     fingerprint = config.fingerprint()
     config_dict = config.to_dict()
@@ -351,34 +431,50 @@ def _run_locked(config: ExperimentConfig, out_dir: str, ds: data_lib.Dataset, mo
     ck_path = os.path.join(out_dir, CHECKPOINT_FILE)
 
     if restore:
-        ck = ckpt.load(
-            ck_path, variables_template=initial_vars, fingerprint=fingerprint, config=config_dict, ignore=RESUMABLE_KEYS
-        )
+        with distributed.together("checkpoint"):  # every process reads it (process 0 is done checking the dir)
+            if not os.path.exists(ck_path):
+                raise ckpt.CheckpointError(
+                    f"process {distributed.process_index()} sees no {ck_path}, which process 0 resumes from: the run "
+                    "directory must be on a filesystem every process shares, at the same path")
+            ck = ckpt.load(ck_path, variables_template=initial_vars, fingerprint=fingerprint, config=config_dict,
+                           ignore=RESUMABLE_KEYS)
+            if config.rounds < ck.round:
+                raise ValueError(
+                    f"{out_dir} has already recorded rounds 0..{ck.round}; rounds={config.rounds} would drop some. "
+                    f"Resume with rounds >= {ck.round} (CLI: --rounds {ck.round}), or read its records as they are"
+                )
         state = LoopState(ck.round, ck.labeled, ck.variables, ck.strategy_state, tuple(ck.records))
-        if config.rounds < state.round:
-            raise ValueError(
-                f"{out_dir} has already recorded rounds 0..{state.round}; rounds={config.rounds} would drop some. "
-                f"Resume with rounds >= {state.round} (CLI: --rounds {state.round}), or read its records as they are"
-            )
     else:
         state = LoopState(-1, np.zeros(0, dtype=np.int64), initial_vars, None, ())
-    # The checkpoint is the truth: drop any record written after it (a kill between
-    # appending a record and saving the checkpoint), then continue.
-    ckpt.write_atomic(rec_path, "".join(json.dumps(r) + "\n" for r in state.records).encode())
-    ckpt.write_atomic(cfg_path, (json.dumps(config_dict, indent=2, sort_keys=True) + "\n").encode())
+    if primary:
+        # The checkpoint is the truth: drop any record written after it (a kill between
+        # appending a record and saving the checkpoint), then continue.
+        ckpt.write_atomic(rec_path, "".join(json.dumps(r) + "\n" for r in state.records).encode())
+        ckpt.write_atomic(cfg_path, (json.dumps(config_dict, indent=2, sort_keys=True) + "\n").encode())
 
     description = f"{config.strategy} seed {config.seed}"
-    with progress_bar(progress, description, max(config.rounds - state.round, 0), transient=True) as update:
+    with progress_bar(progress and primary, description, max(config.rounds - state.round, 0),
+                      transient=True) as update:
         for r in range(state.round + 1, config.rounds + 1):
             check_interrupt()  # a Ctrl-C stops between rounds or training steps (jaxal.interrupt)
             state, record = round_step(env, state, _round_key(root, r))
-            _append_record(rec_path, record)
+            if primary:
+                _append_record(rec_path, record)
             emit("recorded", r)
-            ckpt.save(ck_path, **state._asdict(), config=config_dict, fingerprint=fingerprint)
+            if primary:
+                ckpt.save(ck_path, **state._asdict(), config=config_dict, fingerprint=fingerprint)
+            # every process labeled the same points (and process 0 has saved them)
+            distributed.agree("round", {"round": r, "labeled": _digest(state.labeled)})
             emit("checkpointed", r)
             update(advance=1, status=f"labeled {len(state.labeled)}  acc {record['test_accuracy']:.3f}")
     check_interrupt()  # a Ctrl-C during the last round is not lost
     return list(state.records)
+
+
+def _digest(a: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def round_step(env: LoopEnv, state: LoopState, key: jax.Array) -> tuple[LoopState, dict]:
@@ -475,7 +571,11 @@ def _fit(env: LoopEnv, key: jax.Array, variables: Any, labeled: np.ndarray, r: i
         train_config = dataclasses.replace(train_config, inference_mode=True)
     x, y = env.x_train, env.y_train
     if config.trainer == "supervised":
-        return train(key, env.module, variables, x[labeled], y[labeled], env.num_classes, train_config)
+        if env.mesh is None:
+            return train(key, env.module, variables, x[labeled], y[labeled], env.num_classes, train_config)
+        result = train(key, env.module, variables, x[labeled], y[labeled], env.num_classes, train_config,
+                       mesh=env.mesh)
+        return result._replace(variables=_to_host(result.variables))  # replicated over the mesh: one copy
     unlabeled = np.setdiff1d(np.arange(x.shape[0]), labeled)
     fn = ssl.get_trainer(config.trainer)
     return fn(key, env.module, variables, x[labeled], y[labeled], x[unlabeled], env.num_classes,
@@ -500,6 +600,8 @@ def _query(env: LoopEnv, state: LoopState, k_candidates: jax.Array, k_query: jax
         num_classes=env.num_classes,
         state=state.strategy_state,
         round=state.round,
+        mesh=env.mesh,
+        memory_bytes=env.memory_bytes,
     )
     options = dict(config.strategy_options)
     if config.sequential:
