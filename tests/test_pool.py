@@ -112,8 +112,7 @@ def test_a_one_device_mesh_picks_what_the_single_device_path_picks(setup, name):
                        batch_size=128)
         meshed = select(name, jax.random.key(seed), model, x_labeled=xl, y_labeled=yl, x_pool=x, budget=25,
                         mesh=mesh, batch_size=128)
-        # the two paths order ties differently (host vs device draws), never the set
-        np.testing.assert_array_equal(np.sort(plain), np.sort(meshed))
+        np.testing.assert_array_equal(plain, meshed)
 
 
 def test_strategy_on_mesh_refuses_features_over_the_bound(setup):
@@ -131,7 +130,19 @@ def test_bald_on_mesh_with_an_ensemble_matches_the_single_device_path(setup):
                    params_ensemble=members)
     meshed = select("bald", jax.random.key(0), model, x_labeled=xl, y_labeled=yl, x_pool=x, budget=20,
                     params_ensemble=members, mesh=mesh)
-    np.testing.assert_array_equal(np.sort(plain), np.sort(meshed))
+    np.testing.assert_array_equal(plain, meshed)
+
+
+def test_ties_are_broken_as_on_one_device(setup):
+    """A model whose scores all tie (a zero head): the mesh path draws the same ties as
+    the single-device path from the same key."""
+    model, x, xl, yl = setup
+    flat = model.replace_params({**model.params, "head": jax.tree.map(jnp.zeros_like, model.params["head"])})
+    mesh = pool.pool_mesh(jax.devices()[:1])
+    for seed in range(3):
+        plain, meshed = (select("entropy", jax.random.key(seed), flat, x_labeled=xl, y_labeled=yl, x_pool=x,
+                                budget=25, mesh=m) for m in (None, mesh))
+        np.testing.assert_array_equal(plain, meshed)
 
 
 _SCRIPT = textwrap.dedent(
