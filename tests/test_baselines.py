@@ -146,3 +146,35 @@ def test_every_strategy_through_select(setup, name):
     with pytest.raises(ValueError, match="budget"):
         jaxal.select(name, jax.random.key(9), model, x_labeled=x[:5], y_labeled=np.array([0, 1, 2, 0, 1]),
                      x_pool=x[5:], budget=26)
+
+
+def test_lazy_k_center_equals_the_plain_loop_and_a_brute_force():
+    """The blocked lazy greedy (one device) against the per-step loop (sharded pools) and
+    a NumPy brute force: the same picks, with and without labeled points, duplicates,
+    and padded rows (n_valid) that must never be picked."""
+    from jaxal.ops import kcenter
+
+    rng = np.random.default_rng(3)
+    for trial in range(6):
+        n, d = int(rng.integers(100, 900)), int(rng.integers(2, 20))
+        x = rng.normal(size=(n, d)).astype(np.float32)
+        if trial % 3 == 1:
+            x[: n // 3] = x[0]  # a third of the pool is one point
+        xl = rng.normal(size=(int(rng.integers(0, 12)) if trial % 2 else 0, d)).astype(np.float32)
+        n_valid = n - 17 if trial % 2 else n
+        budget = int(rng.integers(5, 120))
+        key = jax.random.key(trial)
+        m = kcenter.min_sqdist_to_set(jnp.asarray(x), jnp.asarray(xl))
+        lazy = np.asarray(kcenter._lazy_greedy(key, jnp.asarray(x), m, np.int32(n_valid), budget))
+        plain = np.asarray(kcenter._greedy(key, jnp.asarray(x), m, np.int32(n_valid), budget))
+        np.testing.assert_array_equal(lazy, plain)
+        assert lazy.max() < n_valid and len(set(lazy.tolist())) == budget
+        # brute force from the second pick on (the first is uniform when nothing is labeled)
+        md = (np.min(((x[:, None] - xl[None]) ** 2).sum(-1), 1) if len(xl) else np.full(n, np.inf))
+        md = np.where(np.arange(n) < n_valid, md, -np.inf)
+        md = np.minimum(md, ((x - x[lazy[0]]) ** 2).sum(-1))
+        md[lazy[0]] = -np.inf
+        for c in lazy[1:]:
+            assert md[c] >= md.max() * (1 - 1e-4) - 1e-5, (trial, c)
+            md = np.minimum(md, ((x - x[c]) ** 2).sum(-1))
+            md[c] = -np.inf
