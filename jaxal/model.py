@@ -36,7 +36,7 @@ Params = Any
 Array = jax.Array
 
 __all__ = ["Model", "Frozen", "LinenFeatures", "LinenHead", "from_linen", "from_nnx", "from_functions", "num_classes", "batched", "predict_logits",
-           "predict_probs", "predict_probs_then", "embed", "features_rows"]
+           "predict_probs", "predict_probs_then", "predict_logits_then", "embed", "features_rows"]
 
 
 class Frozen:
@@ -358,6 +358,18 @@ def predict_probs_then(model: Model, x: Any, fn: Callable[[jax.Array], jax.Array
     bucket, so a pool that shrinks every round compiles nothing new. ``fn`` must be
     hashable (a module-level function)."""
     return batched(lambda xb: _probs_then(model, xb, fn), x, batch_size)
+
+
+def predict_logits_then(model: Model, x: Any, fn: Callable[[jax.Array], jax.Array],
+                        batch_size: int = 4096) -> jax.Array:
+    """``fn(logits)`` of ``x`` with ``fn`` row-wise, compiled with the network as one
+    program per chunk bucket (as :func:`predict_probs_then`, without the softmax)."""
+    return batched(lambda xb: _logits_then(model, xb, fn), x, batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _logits_then(model: Model, x: jax.Array, fn: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    return fn(model.apply(model.params, x, None))
 
 
 def _identity(a: jax.Array) -> jax.Array:

@@ -112,3 +112,23 @@ def test_top_k_indices_equals_a_full_sort_with_random_tie_keys():
         else:
             want = np.lexsort((host_rng(key).random(n), -s))[:k]
         np.testing.assert_array_equal(top_k_indices(s, k, key), want)
+
+
+def test_logit_forms_of_the_scores_match_float64_softmax():
+    """The strategies score logits directly (one exp per logit); the textbook forms on a
+    float64 softmax agree, tied top classes and extreme logits included."""
+    rng = np.random.default_rng(1)
+    logits = (rng.normal(size=(500, 7)) * 4).astype(np.float32)
+    logits[0] = [3, 3, 0, 0, 0, 0, 0]  # tied top two: margin 0
+    logits[1] = [80, -80, 0, 0, 0, 0, 0]  # certain
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    top = np.sort(p, axis=1)
+    want = {
+        "least_confidence_from_logits": 1 - top[:, -1],
+        "margin_from_logits": -(top[:, -1] - top[:, -2]),
+        "entropy_from_logits": -(p * np.log(np.where(p > 0, p, 1))).sum(axis=1),
+    }
+    for name, expected in want.items():
+        got = np.asarray(jax.jit(getattr(uncertainty, name))(jnp.asarray(logits)))
+        np.testing.assert_allclose(got, expected, atol=3e-6, err_msg=name)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxal.model import predict_probs_then
+from jaxal.model import predict_logits_then
 from jaxal.ops.entropy import entropy as entropy_of
 from jaxal.ops.random import host_rng
 from jaxal.strategies.base import Context, positive_options, register, top_k_indices, top_k_on_mesh
@@ -28,8 +28,16 @@ def least_confidence_scores(probs: jax.Array) -> jax.Array:
 @jax.jit
 def margin_scores(probs: jax.Array) -> jax.Array:
     """``-(p_1 - p_2)``, the negated gap between the two most likely classes."""
-    top2 = jax.lax.top_k(probs, 2)[0]
-    return -(top2[..., 0] - top2[..., 1])
+    p1, p2 = _top_two(probs)
+    return p2 - p1
+
+
+def _top_two(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The largest and second largest entry of each row (equal when the top is tied): two
+    max passes, ~10x faster on CPU than ``lax.top_k(a, 2)``."""
+    first = jnp.argmax(a, axis=-1)
+    second = jnp.where(jnp.arange(a.shape[-1]) == first[..., None], -jnp.inf, a)
+    return jnp.max(a, axis=-1), jnp.max(second, axis=-1)
 
 
 def entropy_scores(probs: jax.Array) -> jax.Array:
@@ -37,31 +45,60 @@ def entropy_scores(probs: jax.Array) -> jax.Array:
     return entropy_of(probs)
 
 
+# The strategies score the logits directly: with z = l − max l, e = exp z and s = Σ e,
+# p = e/s, so 1 − max p = 1 − 1/s, p₁ − p₂ = (1 − exp(z₂))/s and H = log s − Σ e·z / s.
+# One exp per logit and one log per row (the probability forms above take a softmax and
+# then a log per class: on CPU 3x slower for entropy, 12x for margin at 10⁶ × 10).
+def _softmax_parts(logits: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    z = logits.astype(jnp.float32)
+    z = z - jnp.max(z, axis=-1, keepdims=True)
+    e = jnp.exp(z)
+    return z, e, jnp.sum(e, axis=-1)
+
+
+def least_confidence_from_logits(logits: jax.Array) -> jax.Array:
+    """:func:`least_confidence_scores` of ``softmax(logits)``, from the logits."""
+    _, _, s = _softmax_parts(logits)
+    return 1.0 - 1.0 / s
+
+
+def margin_from_logits(logits: jax.Array) -> jax.Array:
+    """:func:`margin_scores` of ``softmax(logits)``, from the logits."""
+    z, _, s = _softmax_parts(logits)
+    return -(1.0 - jnp.exp(_top_two(z)[1])) / s
+
+
+def entropy_from_logits(logits: jax.Array) -> jax.Array:
+    """:func:`entropy_scores` of ``softmax(logits)``, from the logits."""
+    z, e, s = _softmax_parts(logits)
+    return jnp.log(s) - jnp.sum(e * z, axis=-1) / s
+
+
 def _ranked(key: jax.Array, ctx: Context, budget: int, score, batch_size: int) -> np.ndarray:
-    """Top-``budget`` pool rows by ``score(softmax(logits))``: on one device, or on ``ctx.mesh``."""
+    """Top-``budget`` pool rows by ``score(logits)``: on one device, or on ``ctx.mesh``."""
     if ctx.mesh is not None:
-        return top_k_on_mesh(key, ctx, budget, _probs_score_rows, ctx.model, jax.tree_util.Partial(score),
+        return top_k_on_mesh(key, ctx, budget, _logits_score_rows, ctx.model, jax.tree_util.Partial(score),
                              chunk_rows=batch_size)
-    return top_k_indices(predict_probs_then(ctx.model, ctx.x_pool, score, batch_size), budget, key)
+    return top_k_indices(predict_logits_then(ctx.model, ctx.x_pool, score, batch_size), budget, key)
 
 
-def _probs_score_rows(model, score, xb: jax.Array) -> jax.Array:
-    return score(jax.nn.softmax(model.apply(model.params, xb, None).astype(jnp.float32), axis=-1))
+def _logits_score_rows(model, score, xb: jax.Array) -> jax.Array:
+    return score(model.apply(model.params, xb, None))
 
 
 @register("least_confidence", check=positive_options("batch_size"))
 def least_confidence(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
     """Top-``budget`` pool points by ``1 - max_c p_c`` (ties broken at random)."""
-    return _ranked(key, ctx, budget, least_confidence_scores, batch_size)
+    return _ranked(key, ctx, budget, least_confidence_from_logits, batch_size)
 
 
 @register("margin", check=positive_options("batch_size"))
 def margin(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
     """Top-``budget`` pool points by the smallest gap between the two likeliest classes."""
-    return _ranked(key, ctx, budget, margin_scores, batch_size)
+    return _ranked(key, ctx, budget, margin_from_logits, batch_size)
 
 
 @register("entropy", check=positive_options("batch_size"))
 def entropy(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
     """Top-``budget`` pool points by predictive entropy (ties broken at random)."""
-    return _ranked(key, ctx, budget, entropy_scores, batch_size)
+    return _ranked(key, ctx, budget, entropy_from_logits, batch_size)
