@@ -254,7 +254,7 @@ def _write_chunk(fn, row_index, bufs, args, xc, start):
     return jax.tree.map(put, bufs, out)
 
 
-@jax.jit
+@functools.partial(jax.jit, donate_argnums=0)  # the buffer's memory is reused: no second copy
 def _flatten(buf: jax.Array) -> jax.Array:
     return buf.reshape((buf.shape[0] * buf.shape[1],) + buf.shape[2:])
 
@@ -268,12 +268,19 @@ def valid_rows(pool: Sharded | int, size: int | None = None) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
-def _top_k(scores: jax.Array, n: jax.Array, key: jax.Array, k: int) -> jax.Array:
+def _kth(scores: jax.Array, n: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     valid = (jnp.arange(scores.shape[0]) < n) & ~jnp.isnan(scores)
     s = jnp.where(valid, scores.astype(jnp.float32), -jnp.inf)
     vals, first = jax.lax.top_k(s, k)
-    t = vals[k - 1]  # the k-th largest: everything above it is in, ties at it are drawn
-    n_above = jnp.sum(valid & (s > t))
+    return s, first, vals[k - 1]
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _draw_ties(s: jax.Array, first: jax.Array, t: jax.Array, n: jax.Array, key: jax.Array, k: int) -> jax.Array:
+    # A separate program from _kth: XLA:CPU fused the k-th value's use over all N into the
+    # top-k and ran ~100x slower as one program.
+    valid = jnp.arange(s.shape[0]) < n
+    n_above = jnp.sum(valid & (s > t))  # the k-th largest: everything above it is in, ties at it are drawn
     u = jax.random.uniform(key, s.shape)  # counter-based: the same values on any sharding
     tied = jnp.where(valid & (s == t), u, -1.0)
     _, drawn = jax.lax.top_k(tied, k)
@@ -292,7 +299,8 @@ def top_k(scores: jax.Array, k: int, key: jax.Array, n: int | None = None) -> ja
     n = int(scores.shape[0]) if n is None else int(n)
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    return _top_k(scores, np.int32(n), key, int(k))
+    s, first, t = _kth(scores, np.int32(n), int(k))
+    return _draw_ties(s, first, t, np.int32(n), key, int(k))
 
 
 def to_host(x: jax.Array) -> np.ndarray:

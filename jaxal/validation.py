@@ -52,14 +52,19 @@ def check_budget(budget: Any, pool_size: int, name: str = "budget") -> int:
 
 def _count_nonfinite(x: Any) -> int:
     """NaN/inf count of a floating device array, reduced where it lives (JAX is imported
-    only by callers that already hold a device array)."""
+    only by callers that already hold a device array). The test is ``sum(x·0)`` (NaN
+    iff some entry is NaN/inf), which XLA reduces without a temporary the size of
+    ``x``; the count runs only when that fires."""
     import jax
     import jax.numpy as jnp
 
     global _COUNT
     if _COUNT is None:
-        _COUNT = jax.jit(lambda a: jnp.sum(~jnp.isfinite(a.astype(jnp.float32)), dtype=jnp.int32))
-    return int(np.asarray(_COUNT(x).addressable_data(0)))
+        _COUNT = (jax.jit(lambda a: jnp.isfinite(jnp.sum(a.astype(jnp.float32) * 0.0))),
+                  jax.jit(lambda a: jnp.sum(~jnp.isfinite(a.astype(jnp.float32)), dtype=jnp.int32)))
+    if bool(np.asarray(_COUNT[0](x).addressable_data(0))):
+        return 0
+    return int(np.asarray(_COUNT[1](x).addressable_data(0)))
 
 
 _COUNT = None

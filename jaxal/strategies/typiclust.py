@@ -43,7 +43,7 @@ def typiclust_select(
 
     n_l, n_u = feats_labeled.shape[0], feats_pool.shape[0]
     budget = check_budget(budget, n_u)
-    feats = np.concatenate([feats_labeled, feats_pool]).astype(np.float64)
+    feats = np.concatenate([feats_labeled, feats_pool]).astype(np.float32, copy=False)  # float64: 2x memory
     n_clusters = min(n_l + budget, n_l + n_u)
     km_cls = MiniBatchKMeans if n_clusters > 50 else KMeans
     labels = km_cls(n_clusters=n_clusters, random_state=seed, n_init=1 if n_clusters > 50 else 10).fit_predict(feats)
