@@ -55,9 +55,8 @@ import jax
 import numpy as np
 
 from jaxal import data as data_lib
-from jaxal import distributed
+from jaxal import distributed, pool, strategies
 from jaxal import models as models_lib
-from jaxal import strategies
 from jaxal.experiment import checkpoint as ckpt
 from jaxal.experiment.compile_clock import compile_seconds
 from jaxal.experiment.config import (  # noqa: F401 - START_MODES, NOISES, sequential_strategies: re-exported
@@ -76,7 +75,14 @@ from jaxal.interrupt import check as check_interrupt
 from jaxal.ops.random import split
 from jaxal.strategies.base import as_query, check_options, make_context, sequential_mode
 from jaxal.training import augment, ssl
-from jaxal.training.train import TrainResult, evaluate, init_variables, restart, scale_head, train
+from jaxal.training.train import (
+    TrainResult,
+    evaluate,
+    init_variables,
+    restart,
+    scale_head,
+    train,
+)
 from jaxal.validation import check_budget
 
 __all__ = [
@@ -394,9 +400,7 @@ def _check_devices(mesh: Any, memory_bytes: Any) -> None:
 
 def _to_host(tree: Any) -> Any:
     """Device arrays (replicated over a mesh, maybe over several processes) as NumPy."""
-    from jaxal.pool import to_host
-
-    return jax.tree.map(lambda a: to_host(a) if isinstance(a, jax.Array) else a, tree)
+    return jax.tree.map(lambda a: pool.to_host(a) if isinstance(a, jax.Array) else a, tree)
 
 
 def _run_locked(config: ExperimentConfig, out_dir: str, ds: data_lib.Dataset, module: Any, restore: bool,

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Protocol
 import jax
 import numpy as np
 
+from jaxal import pool
 from jaxal.model import Model
 from jaxal.model import num_classes as _num_classes
 from jaxal.ops.random import host_rng
@@ -399,8 +400,6 @@ def on_mesh(ctx: Context, row_fn: Callable[..., Any], *args: Any, chunk_rows: in
             what: str = "the pool's outputs", row_index: bool = False) -> Any:
     """``row_fn(*args, xb)`` over every pool row on ``ctx.mesh``: a :class:`jaxal.pool.Sharded`
     of row outputs, streamed from ``ctx.x_pool`` and bounded by ``ctx.memory_bytes``."""
-    from jaxal import pool
-
     return pool.map_rows(row_fn, ctx.x_pool, ctx.mesh, *args, chunk_rows=chunk_rows,
                          memory_bytes=ctx.memory_bytes, what=what, row_index=row_index)
 
@@ -414,8 +413,6 @@ def top_k_on_mesh(key: jax.Array, ctx: Context, budget: int, row_score: Callable
     ties are broken by the very draw of the single-device path: a mesh of any size, one
     device, and ``mesh=None`` pick the same indices whenever the scores are the same.
     """
-    from jaxal import pool
-
     s = on_mesh(ctx, row_score, *args, chunk_rows=chunk_rows, what="the pool's scores", row_index=row_index)
     check_finite("the pool's scores", s.data)
     return top_k_indices(pool.to_host(s.data)[: s.n], budget, key)

@@ -85,6 +85,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxal import pool
 from jaxal.model import Model, embed, features_rows
 from jaxal.ntk import kernel as ntk_kernel
 from jaxal.ops.random import host_permutation, split
@@ -329,8 +330,6 @@ def _mesh_scores(model, x_labeled, x_pool, groups, *, scale, method, spectrum, n
 
     Returns ``(scores [B], group_ranks [B], k, gram_L, rtol, rtol_L, used_dual)``,
     identical on every process."""
-    from jaxal import pool
-
     num, g = groups.shape
     n_pool = int(np.shape(x_pool)[0])
     if groups.min() < 0 or groups.max() >= n_pool:
@@ -362,9 +361,11 @@ def _mesh_scores(model, x_labeled, x_pool, groups, *, scale, method, spectrum, n
     own = [np.arange(q, num, nproc) for q in range(nproc)]  # the groups each process scores
     n_dev = len(devices)
     # groups per device per gathering round: every device holds the whole request
-    # (D·gpd·G rows) for a moment, and a process its φ rows in float64
+    # (D·gpd·G rows) for a moment, and a process its rows as gathered float32, their host
+    # copy, φ in float64 and φ with its column of ones: ~24 bytes a value, budgeted as 32
+    # (at 10⁶ rows, 8 bytes a value let one round peak at 2.5x the bound)
     bound = DEFAULT_MEMORY_BYTES if memory_bytes is None else int(memory_bytes)
-    gpd = max(1, bound // (8 * p * g * n_dev))
+    gpd = max(1, bound // (32 * p * g * n_dev))
     gpd = min(gpd, max(-(-len(own[q]) // len(pos[q])) for q in range(nproc)))
     gpd = 1 << (gpd.bit_length() - 1)  # a power of two: few programs as the pool shrinks
     rounds = max(-(-len(own[q]) // (gpd * len(pos[q]))) for q in range(nproc))

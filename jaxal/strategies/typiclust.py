@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from jaxal import pool
 from jaxal.model import embed, features_rows
 from jaxal.strategies.base import Context, on_mesh, positive_options, register
 from jaxal.validation import check_budget, check_finite
@@ -79,8 +80,6 @@ def typiclust(key: jax.Array, ctx: Context, budget: int, *, k_nn: int = 20, batc
     clusters them): ``N·d`` floats on every process.
     """
     if ctx.mesh is not None:
-        from jaxal import pool
-
         feats = on_mesh(ctx, features_rows, ctx.model, chunk_rows=batch_size, what="the pool's features")
         hp = pool.to_host(feats.data)[: feats.n]
     else:
