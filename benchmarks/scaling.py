@@ -212,16 +212,11 @@ def linear_model(w: np.ndarray):
 
 
 def _min_time(fn, repeats: int) -> float:
-    """Min of ``repeats`` blocked calls after one untimed call (compiles)."""
-    import jax
+    """Min of ``repeats`` blocked calls after one untimed call (compiles): the helper of
+    ``lookahead_vs_retraining.py``, imported late (it imports JAX)."""
+    from lookahead_vs_retraining import _min_seconds
 
-    jax.block_until_ready(fn())
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t)
-    return best
+    return _min_seconds(fn, repeats)
 
 
 def setup_case(case: dict, machine: dict):
