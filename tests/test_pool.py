@@ -107,7 +107,7 @@ def test_top_k_matches_numpy_and_draws_ties_uniformly():
 def test_a_one_device_mesh_picks_what_the_single_device_path_picks(setup, name):
     model, x, xl, yl = setup
     mesh = pool.pool_mesh(jax.devices()[:1])
-    for seed in range(2):
+    for seed in range(1):
         plain = select(name, jax.random.key(seed), model, x_labeled=xl, y_labeled=yl, x_pool=x, budget=25,
                        batch_size=128)
         meshed = select(name, jax.random.key(seed), model, x_labeled=xl, y_labeled=yl, x_pool=x, budget=25,
@@ -168,7 +168,7 @@ _SCRIPT = textwrap.dedent(
     cases += [("badge", model, {{"first": "uniform", "bias": False}}), ("bald", dropout, {{"num_samples": 4}}),
               ("badge", model, {{"fast": False}})]
     for name, m, opts in cases:
-        for seed in range(2):
+        for seed in range(2 if name in ("badge", "coreset") and not opts else 1):
             a, b = (select(name, jax.random.key(seed), m, x_labeled=xl, y_labeled=yl, x_pool=x, budget=40,
                            mesh=mesh, **opts) for mesh in (one, eight))
             print("CASE", name, seed, int(np.array_equal(a, b)), int(b.max() < 1001))
@@ -185,7 +185,7 @@ def test_eight_devices_pick_what_one_device_picks():
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     cases = [line.split() for line in out.stdout.splitlines() if line.startswith("CASE")]
-    assert len(cases) == 18
+    assert len(cases) == 11
     bad = [c[1:3] for c in cases if c[3] != "1" or c[4] != "1"]
     assert not bad, f"8 devices picked other indices than 1 device for {bad}"
     assert "DEVICES 8" in out.stdout
