@@ -84,6 +84,17 @@ def _split_blocks(k: jax.Array, n_l: int) -> tuple[jax.Array, jax.Array, jax.Arr
     return k[:n_l, :n_l], k[n_l:, :n_l], k[n_l:, n_l:]
 
 
+def pad_to_bucket(x_l: np.ndarray, y_l: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, y, valid)``: the labeled set zero-padded to its shape bucket
+    (:func:`jaxal.ops.buckets.bucket`), ``valid`` marking the real rows, so rounds whose
+    ``|L|`` share a bucket share compiled programs (``core.init(valid_l=...)`` decouples
+    the padding exactly)."""
+    n_l = x_l.shape[0]
+    size = bucket(n_l)
+    x_l = np.concatenate([x_l, np.zeros((size - n_l,) + x_l.shape[1:], x_l.dtype)])
+    return x_l, np.concatenate([y_l, np.zeros(size - n_l, np.int32)]), np.arange(size) < n_l
+
+
 def init_from_model(
     model: Model,
     x_labeled: Any,
@@ -118,10 +129,7 @@ def init_from_model(
     n_l = int(x_labeled.shape[0])
     valid = None
     if pad_labeled and n_l:
-        size = bucket(n_l)
-        valid = np.arange(size) < n_l
-        x_labeled = np.concatenate([x_labeled, np.zeros((size - n_l,) + x_labeled.shape[1:], x_labeled.dtype)])
-        y_labeled = np.concatenate([y_labeled, np.zeros(size - n_l, np.int32)])
+        x_labeled, y_labeled, valid = pad_to_bucket(x_labeled, y_labeled)
     blocks = kernel_blocks(
         model, x_labeled, x_eval, approximation=approximation, contraction=contraction, subset=subset, depth=depth,
         memory_bytes=memory_bytes,

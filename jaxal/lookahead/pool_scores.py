@@ -45,11 +45,11 @@ import numpy as np
 
 from jaxal import pool
 from jaxal.lookahead import core
+from jaxal.lookahead.from_model import pad_to_bucket
 from jaxal.ntk.engine import Engine, merge_leaves
 from jaxal.ntk.kernel import DEFAULT_MEMORY_BYTES
 from jaxal.ntk.kernel import engine_for
 from jaxal.ntk.params import split_params
-from jaxal.ops.buckets import bucket
 from jaxal.ops.linalg import check_jitter
 from jaxal.validation import check_choice
 
@@ -182,15 +182,6 @@ def pool_memory(engine: Engine, *, n_l: int, n_s: int, num_classes: int, row_byt
     return int(fixed), int(per)
 
 
-def _pad_labeled(x_l: np.ndarray, y_l: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``L`` padded to its bucket (as :func:`~jaxal.lookahead.from_model.init_from_model`)."""
-    n_l = x_l.shape[0]
-    size = bucket(n_l)
-    valid = np.arange(size) < n_l
-    x_l = np.concatenate([x_l, np.zeros((size - n_l,) + x_l.shape[1:], x_l.dtype)])
-    return x_l, np.concatenate([y_l, np.zeros(size - n_l, np.int32)]), valid
-
-
 def pool_scores(
     model: Any,
     x_labeled: Any,
@@ -253,7 +244,7 @@ def pool_scores(
     labeled = x_l.shape[0] > 0
     valid = np.zeros((0,), bool)
     if labeled:
-        x_l, y_l, valid = _pad_labeled(x_l, y_l)
+        x_l, y_l, valid = pad_to_bucket(x_l, y_l)
     split = split_params(model.params, subset)
     row = jax.ShapeDtypeStruct(x_s.shape[1:], dtype)
     engine = engine_for(model, split, contraction, implementation, row, int(memory_bytes or DEFAULT_MEMORY_BYTES))
