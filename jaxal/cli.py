@@ -129,6 +129,10 @@ def add_run(subparsers: Any, devices: bool = True) -> None:
                    help="random candidate subsample per round; at least the pool means the whole pool (default: "
                    "the protocol's; standard: whole pool)")
     g.add_argument("--sequential", action="store_true", help="query one point at a time with the oracle in the loop")
+    g.add_argument("--stop", action="append", metavar="RULE", default=None,
+                   help="end a run after the first round where this stopping rule fires (repeatable; "
+                   "jaxal.stopping): budget:B, kappa[:T[:K]], uncertainty[:T], change[:T], output_change[:F], "
+                   "plateau[:T[:K]]; --rounds stays the upper limit")
     g.add_argument("--seeds", default="1", help="number of seeds (0..N-1) or a comma-separated list (default: 1)")
     g = p.add_argument_group("training")
     g.add_argument("--protocol", default=None,
@@ -320,6 +324,7 @@ def _configs(args: argparse.Namespace) -> list:
         sequential=args.sequential,
         trainer=args.trainer,
         ssl_options=parse_options(args.ssl_option, "--ssl-option"),
+        stop=tuple(args.stop or ()),
     )
     explicit = [k for k, v in (("start", args.start), ("candidates", args.candidates)) if v is not None]
     protocol = args.protocol or (DEFAULT_PROTOCOL if args.trainer == "supervised" else "standard")
@@ -444,7 +449,8 @@ def run_command(args: argparse.Namespace) -> int:
         last = records[-1] if records else None
         if last is not None:
             console.print(
-                f"  {escape(label):>16} seed {c.seed}: {len(records)} rounds, {last['n_labeled']} labels, "
+                f"  {escape(label):>16} seed {c.seed}: {len(records)} rounds, {last['n_labeled']} labels"
+                + (f" (stopped by {last['stopped_by']})" if last.get("stopped_by") else "") + ", "
                 f"test accuracy {last['test_accuracy']:.3f}  ({time.perf_counter() - t0:.1f} s, "
                 f"{sum(r.get('train_compile_seconds', 0.0) + r.get('query_compile_seconds', 0.0) for r in records):.1f} s"
                 " of it compiling)",
@@ -631,6 +637,11 @@ def _print_report(console: Any, report: Any) -> None:
     Console(width=max(console.width, max(len(line) for line in table.splitlines()) + 1), highlight=False).print(
         "\n" + table + "\n", markup=False
     )
+    if report.stops:
+        from jaxal import stopping
+
+        console.print("where each stopping rule would have stopped (means over seeds):")
+        console.print(stopping.markdown(report.stops) + "\n", markup=False)
     for note in report.notes:
         console.print(f"note: {note}")
     for name, path in report.files.items():
@@ -667,10 +678,99 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- jaxal session
+
+
+def add_session(subparsers: Any) -> None:
+    """``jaxal session init|query|teach|fit|status DIR``: label your own data
+    (:mod:`jaxal.labeling.session`); the handlers are in :mod:`jaxal.labeling.commands`."""
+    d, dt = _defaults()
+    p = subparsers.add_parser(
+        "session", help="label your own data: a resumable labeling session in a directory",
+        description="Active learning with a real annotator. `init` creates a session from an unlabeled pool "
+        "(.npz, image folder, tfds:NAME[:SPLIT]); `query` says which rows to label (CSV or Label Studio tasks); "
+        "`teach` reads the answers (CSV or a Label Studio JSON export); `status` shows labels, accuracy and the "
+        "stopping signals. Everything is stored in DIR, so a session can stop and resume any time.")
+    sub = p.add_subparsers(dest="session_command", metavar="ACTION")
+    init = sub.add_parser("init", help="create a session from an unlabeled pool")
+    init.add_argument("dir", metavar="DIR")
+    init.add_argument("--pool", required=True, help="a .npz (array x, optional y with -1 = unknown, classes), an image "
+                      "folder (PNG/JPEG), or tfds:NAME[:SPLIT] (labels hidden)")
+    init.add_argument("--classes", default=None, help="class names, comma-separated (e.g. cat,dog)")
+    init.add_argument("--num-classes", type=int, default=None, help="number of classes (when no names are given)")
+    init.add_argument("--heldout", default=None, metavar="NPZ", help="labeled .npz (x, y) to measure accuracy on")
+    init.add_argument("--model", default=d.model, help=f"model (default: {d.model})")
+    init.add_argument("--widths", default=None, help="MLP hidden widths, e.g. 256,256")
+    init.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="extra model option (repeatable)")
+    init.add_argument("--strategy", default=d.strategy, help=f"acquisition strategy (default: {d.strategy})")
+    init.add_argument("--option", action="append", metavar="KEY=VALUE", help="strategy option (repeatable)")
+    init.add_argument("--initial", type=int, default=d.initial_size,
+                      help=f"size of the first (random) query (default: {d.initial_size})")
+    init.add_argument("--budget", type=int, default=d.budget, help=f"rows per later query (default: {d.budget})")
+    init.add_argument("--seed", type=int, default=0, help="seed of every draw (default: 0)")
+    init.add_argument("--protocol", default=None, help="training protocol (default: lookahead for a look-ahead "
+                      "strategy, else standard)")
+    init.add_argument("--start", default=None, help="cold | warm | shrink_perturb (default: the protocol's)")
+    init.add_argument("--loss", default=None, help="cross_entropy | squared (default: the protocol's)")
+    init.add_argument("--epochs", type=int, default=None, help="max training epochs per fit")
+    init.add_argument("--lr", type=float, default=dt.learning_rate, help=f"learning rate (default: {dt.learning_rate:g})")
+    init.add_argument("--batch-size", type=int, default=dt.batch_size, help=f"mini-batch size (default: {dt.batch_size})")
+    init.add_argument("--candidates", type=int, default=None, help="random candidate subsample per query")
+    init.add_argument("--trainer", default=d.trainer, help=f"supervised or a semi-supervised trainer (default: {d.trainer})")
+    init.add_argument("--instant", action="store_true", help="instant mode: with a look-ahead strategy, each answer "
+                      "updates the NTK state and the next query needs no retraining")
+    init.add_argument("--retrain-every", type=int, default=None, metavar="K", help="instant mode: retrain every K answers")
+    init.add_argument("--stop", action="append", metavar="RULE", default=None,
+                      help="stopping rule `status` reports on (repeatable; e.g. kappa:0.99:3)")
+    init.add_argument("--image-size", default=None, metavar="H,W", help="resize every image (needed for mixed sizes)")
+    init.add_argument("--grayscale", action="store_true", help="read images as grayscale")
+    init.add_argument("--labels-from-subfolders", action="store_true",
+                      help="an image folder's first-level subfolders name the classes of the images in them")
+    init.add_argument("--split", default=None, help="TFDS split (default: train)")
+    init.add_argument("--data-dir", default=None, help="TFDS data directory")
+    query = sub.add_parser("query", help="the rows to label next (trains on new answers first)")
+    query.add_argument("dir", metavar="DIR")
+    query.add_argument("--budget", type=int, default=None, help="rows to ask for (default: the session's)")
+    query.add_argument("--to", default=None, metavar="FILE", help="write FILE.csv (fill its label column) or "
+                       "FILE.json (Label Studio tasks); default: print the rows")
+    query.add_argument("--url-prefix", default=None, help="Label Studio tasks: prefix of the image URLs")
+    teach = sub.add_parser("teach", help="store answers from a CSV or a Label Studio JSON export")
+    teach.add_argument("dir", metavar="DIR")
+    teach.add_argument("--from", dest="source", required=True, metavar="FILE", help="index,label / file,label CSV, "
+                       "or Label Studio's JSON / JSON-MIN export")
+    teach.add_argument("--annotator", default=None, help="who answered (when the file does not say)")
+    teach.add_argument("--fit", action="store_true", help="retrain on the answers now")
+    fit = sub.add_parser("fit", help="retrain on every answer now")
+    fit.add_argument("dir", metavar="DIR")
+    status = sub.add_parser("status", help="labels, class counts, accuracy, stopping signals and a plot")
+    status.add_argument("dir", metavar="DIR")
+    status.add_argument("--stop", action="append", metavar="RULE", default=None, help="rules to check (default: the "
+                        "session's and kappa, uncertainty, change, output_change, plateau)")
+    status.add_argument("--plot", default=None, metavar="PNG", help="where to draw (default: DIR/status.png)")
+    status.add_argument("--json", action="store_true", help="also print the status as JSON")
+    p.set_defaults(handler=session_command)
+
+
+def session_command(args: argparse.Namespace) -> int:
+    """Run one ``jaxal session`` action."""
+    from jaxal.labeling import commands
+
+    if args.session_command is None:
+        raise ValueError("say what to do: jaxal session init|query|teach|fit|status DIR (see jaxal session --help)")
+    if args.session_command == "init":
+        args.model_options = {"widths": parse_int_list(args.widths, "--widths")} if args.widths else {}
+        args.model_options.update(parse_options(args.model_option, "--model-option"))
+        args.strategy_options = parse_options(args.option, "--option")
+        args.image_size = parse_int_list(args.image_size, "--image-size") if args.image_size else None
+    handler = {"init": commands.init_command, "query": commands.query_command, "teach": commands.teach_command,
+               "fit": commands.fit_command, "status": commands.status_command}[args.session_command]
+    return handler(args)
+
+
 # --------------------------------------------------------------------------- entry point
 
 SUBCOMMANDS: list[Callable[[Any], None]] = [add_run]
-SUBCOMMANDS += [add_compare, add_plot]
+SUBCOMMANDS += [add_compare, add_plot, add_session]
 
 
 def build_parser() -> argparse.ArgumentParser:

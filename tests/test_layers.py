@@ -19,7 +19,7 @@ PACKAGE = pathlib.Path(jaxal.__file__).parent
 STRATEGIES = PACKAGE / "strategies"
 # Layers below the strategies: they must never import strategies/, experiment/ or the CLI.
 LOWER = ("jaxal.model", "jaxal.validation", "jaxal.ops", "jaxal.ntk", "jaxal.lookahead", "jaxal.training")
-UPPER = ("jaxal.strategies", "jaxal.experiment", "jaxal.cli", "jaxal.__main__")
+UPPER = ("jaxal.strategies", "jaxal.experiment", "jaxal.labeling", "jaxal.cli", "jaxal.__main__")
 # Where a function-level jaxal import is allowed: the CLI and the program (the top;
 # imports on demand keep `jaxal --help` free of work and let Ctrl-C be handled while
 # JAX loads) and the package root's lazy attributes.

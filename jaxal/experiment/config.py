@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxal import data as data_lib
 from jaxal import models as models_lib
-from jaxal import strategies
+from jaxal import stopping, strategies
 from jaxal.experiment import checkpoint as ckpt
 from jaxal.experiment.protocols import PROTOCOLS
 from jaxal.strategies.base import check_options, sequential_mode, sequential_names
@@ -43,8 +43,8 @@ NOISES = ("init", "gaussian")
 
 # Config keys that do not change what a run computes: a resume may change them
 # (``rounds`` extends or shortens a run; ``data_dir`` only says where files are;
-# ``label`` only names the arm in comparisons).
-RESUMABLE_KEYS = ("rounds", "data_dir", "label")
+# ``label`` only names the arm in comparisons; ``stop`` only ends a run earlier).
+RESUMABLE_KEYS = ("rounds", "data_dir", "label", "stop")
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,9 @@ class ExperimentConfig:
       label: the arm's name in comparisons (default: the strategy, ``-seq`` when
         sequential); e.g. ``mlmoc[batch=greedy]`` for a variant. Not part of the
         fingerprint.
+      stop: stopping rules (:mod:`jaxal.stopping`, e.g. ``("kappa:0.99:3",)``): the run
+        ends after the first round where one fires (that record gets ``stopped_by``),
+        ``rounds`` at the latest. Not part of the fingerprint.
     """
 
     dataset: str = "digits"
@@ -116,6 +119,7 @@ class ExperimentConfig:
     head_init_scale: float = 1.0
     protocol: str = "standard"
     label: str | None = None
+    stop: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         """A JSON-able dict (tuples become lists)."""
@@ -135,6 +139,8 @@ class ExperimentConfig:
         d = dict(d)
         if isinstance(d.get("train"), Mapping):
             d["train"] = TrainConfig(**d["train"])
+        if "stop" in d:
+            d["stop"] = tuple(d["stop"] or ())
         return cls(**d)
 
     def fingerprint(self) -> str:
@@ -206,6 +212,10 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
             f"sequential=True but strategy {config.strategy!r} has no sequential mode; "
             f"strategies that support it: {', '.join(sequential_names()) or 'none yet'}"
         )
+    if isinstance(config.stop, str) or not all(isinstance(t, str) for t in config.stop):
+        raise ValueError(f"stop must be a tuple of stopping-rule texts such as ('kappa:0.99:3',), got {config.stop!r}")
+    for text in config.stop:
+        stopping.parse(text)  # names the bad rule
     # names and types; unknown options would otherwise fail only at the first query, after training
     check_options(config.strategy, config.strategy_options, config.sequential)
     return config

@@ -55,9 +55,10 @@ import jax
 import numpy as np
 
 from jaxal import data as data_lib
-from jaxal import distributed, pool, strategies
+from jaxal import distributed, pool, stopping, strategies
 from jaxal import models as models_lib
 from jaxal.experiment import checkpoint as ckpt
+from jaxal.experiment import signals as signals_lib
 from jaxal.experiment.compile_clock import compile_seconds
 from jaxal.experiment.config import (  # noqa: F401 - START_MODES, NOISES, sequential_strategies: re-exported
     NOISES,
@@ -93,6 +94,14 @@ __all__ = [
     "LoopEnv",
     "LoopState",
     "round_step",
+    "learn_step",
+    "query_step",
+    "fit_step",
+    "initial_set",
+    "initial_variables",
+    "round_key",
+    "stop_rows",
+    "locked",
     "run",
     "validate",
     "sequential_strategies",
@@ -103,7 +112,7 @@ RECORDS_FILE = "records.jsonl"
 CHECKPOINT_FILE = "checkpoint.msgpack"
 
 # Tags for fold_in: one stream per purpose, independent of the strategy.
-_TAG_INITIAL_SET, _TAG_INIT_MODEL, _TAG_ROUND = 1, 2, 3
+TAG_INITIAL_SET, TAG_INIT_MODEL, TAG_ROUND, TAG_STOP_SET = 1, 2, 3, 4
 
 
 class RunExistsError(ValueError):
@@ -132,6 +141,8 @@ class LoopEnv(NamedTuple):
       emit: ``emit(event, round)``, called after a round's query and after its training.
       mesh: the device mesh the pool and training are spread over (``None``: one device).
       memory_bytes: bound on what a strategy caches for the pool on the mesh.
+      stop_rows: rows of ``x_train`` forming the stop set the round signals are measured on
+        (:mod:`jaxal.experiment.signals`; ``None``: drawn from ``root``).
     """
 
     config: ExperimentConfig
@@ -147,6 +158,13 @@ class LoopEnv(NamedTuple):
     emit: Callable[[str, int], None]
     mesh: Any = None
     memory_bytes: int | None = None
+    stop_rows: np.ndarray | None = None
+
+
+def stop_rows(root: jax.Array, n: int) -> np.ndarray:
+    """The run's stop set (rows of ``x_train``): drawn from the seed alone, so every
+    strategy of a comparison measures its signals on the same points."""
+    return signals_lib.stop_set(jax.random.fold_in(root, TAG_STOP_SET), n)
 
 
 class LoopState(NamedTuple):
@@ -223,9 +241,10 @@ def _prepare_dir(out_dir: str, config: ExperimentConfig, resume: bool) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(out_dir: str) -> Iterator[None]:
+def locked(out_dir: str, error: type = None) -> Iterator[None]:
     """Hold an exclusive lock on ``out_dir`` (``.lock``, released when the process dies),
-    so two processes never write one run; the second gets :class:`RunLockedError`."""
+    so two writers never share one run (or labeling session); the second gets ``error``
+    (default :class:`RunLockedError`). Two opens in one process conflict too."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - no POSIX locks (Windows): run unlocked
@@ -238,9 +257,9 @@ def _locked(out_dir: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise RunLockedError(
-                f"another process (pid {holder}) is writing the run in {out_dir}; wait for it to finish, "
-                "or use another --out"
+            raise (error or RunLockedError)(
+                f"another process (pid {holder}) is writing {out_dir}; wait for it to finish, or use another "
+                "directory"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -279,9 +298,9 @@ def preflight(config: ExperimentConfig, datasets: dict | None = None) -> tuple[d
     return ds, module
 
 
-def _round_key(root: jax.Array, r: int) -> jax.Array:
+def round_key(root: jax.Array, r: int) -> jax.Array:
     """Round ``r``'s key: the same whatever the strategy, and whether or not the run was resumed."""
-    return jax.random.fold_in(jax.random.fold_in(root, _TAG_ROUND), r)
+    return jax.random.fold_in(jax.random.fold_in(root, TAG_ROUND), r)
 
 
 def _dataset(config: ExperimentConfig, datasets: dict | None) -> data_lib.Dataset:
@@ -370,7 +389,7 @@ def run(
             restore = False
             if primary:
                 os.makedirs(out_dir, exist_ok=True)
-                held.enter_context(_locked(out_dir))
+                held.enter_context(locked(out_dir))
                 restore = _prepare_dir(out_dir, config, resume)
         restore = bool(distributed.broadcast("restore", restore))
         return _run_locked(config, out_dir, ds, module, restore, progress, on_event, mesh, memory_bytes)
@@ -420,15 +439,15 @@ def _run_locked(config: ExperimentConfig, out_dir: str, ds: data_lib.Dataset, mo
         y_test=ds.y_test,
         num_classes=ds.num_classes,
         root=root,
-        ssl_config=_ssl_config(config),
+        ssl_config=ssl_config_of(config),
         emit=emit,
         mesh=mesh,
         memory_bytes=memory_bytes,
+        stop_rows=stop_rows(root, int(x_train.shape[0])),
     )
     fingerprint = config.fingerprint()
     config_dict = config.to_dict()
-    initial_vars = scale_head(init_variables(jax.random.fold_in(root, _TAG_INIT_MODEL), module, x_train[:1]),
-                              config.head_init_scale)
+    initial_vars = initial_variables(env)
 
     cfg_path = os.path.join(out_dir, CONFIG_FILE)
     rec_path = os.path.join(out_dir, RECORDS_FILE)
@@ -457,11 +476,19 @@ def _run_locked(config: ExperimentConfig, out_dir: str, ds: data_lib.Dataset, mo
         ckpt.write_atomic(cfg_path, (json.dumps(config_dict, indent=2, sort_keys=True) + "\n").encode())
 
     description = f"{config.strategy} seed {config.seed}"
+    rules = [stopping.parse(t) for t in config.stop]
+    stopped = bool(rules) and stopping.stop_round(state.records, rules) is not None
     with progress_bar(progress and primary, description, max(config.rounds - state.round, 0),
                       transient=True) as update:
         for r in range(state.round + 1, config.rounds + 1):
+            if stopped:
+                break
             check_interrupt()  # a Ctrl-C stops between rounds or training steps (jaxal.interrupt)
-            state, record = round_step(env, state, _round_key(root, r))
+            state, record = round_step(env, state, round_key(root, r))
+            hit = stopping.stop_round(state.records, rules) if rules else None
+            if hit is not None:  # a stopping rule fired: this round is the run's last
+                record, stopped = {**record, "stopped_by": hit[1]}, True
+                state = state._replace(records=state.records[:-1] + (record,))
             if primary:
                 _append_record(rec_path, record)
             emit("recorded", r)
@@ -494,30 +521,76 @@ def round_step(env: LoopEnv, state: LoopState, key: jax.Array) -> tuple[LoopStat
       ``(state after round state.round + 1, that round's record)``. Nothing is written:
       files are :func:`run`'s business.
     """
-    config = env.config
     r = state.round + 1
     k_candidates, k_query, k_restart, k_train = split(key, 4)
-    variables, strategy_state = state.variables, state.strategy_state
+    strategy_state = state.strategy_state
     info: dict = {}
     query_seconds = query_compile = 0.0
     if r == 0:
-        chosen = np.asarray(
-            data_lib.initial_indices(
-                jax.random.fold_in(env.root, _TAG_INITIAL_SET), env.y_train, config.initial_size,
-                balanced=config.balanced_init, num_classes=int(env.num_classes),
-            ),
-            dtype=np.int64,
-        )
+        chosen = initial_set(env)
     else:
         t0, c0 = time.perf_counter(), compile_seconds()
-        chosen, info, strategy_state = _query(env, state, k_candidates, k_query)
+        chosen, info, strategy_state = query_step(env, state, k_candidates, k_query)
         query_seconds, query_compile = time.perf_counter() - t0, compile_seconds() - c0
+    return learn_step(env, state, chosen, (k_restart, k_train), strategy_state=strategy_state, info=info,
+                      query_seconds=query_seconds, query_compile_seconds=query_compile)
+
+
+def initial_set(env: LoopEnv) -> np.ndarray:
+    """Round 0's labeled set: drawn from the seed alone (not the strategy)."""
+    config = env.config
+    return np.asarray(
+        data_lib.initial_indices(
+            jax.random.fold_in(env.root, TAG_INITIAL_SET), env.y_train, config.initial_size,
+            balanced=config.balanced_init, num_classes=int(env.num_classes),
+        ),
+        dtype=np.int64,
+    )
+
+
+def initial_variables(env: LoopEnv) -> Any:
+    """The model before round 0's training: drawn from the seed alone (not the strategy)."""
+    return scale_head(init_variables(jax.random.fold_in(env.root, TAG_INIT_MODEL), env.module, env.x_train[:1]),
+                      env.config.head_init_scale)
+
+
+def learn_step(
+    env: LoopEnv,
+    state: LoopState,
+    chosen: np.ndarray,
+    keys: tuple[jax.Array, jax.Array],
+    *,
+    strategy_state: Any = None,
+    info: dict | None = None,
+    query_seconds: float = 0.0,
+    query_compile_seconds: float = 0.0,
+) -> tuple[LoopState, dict]:
+    """The second half of a round: add ``chosen`` (labels in ``env.y_train``) to the labeled
+    set, restart the parameters (rounds after 0), retrain, evaluate, measure the signals.
+
+    Args:
+      keys: ``(restart key, training key)`` of the round (:func:`round_step` splits them
+        from the round key; a labeling session splits the same ones).
+      strategy_state, info, query_seconds, query_compile_seconds: the query's, carried
+        into the state and the record.
+
+    Returns:
+      ``(state after round state.round + 1, that round's record)``. The record's test
+      metrics are ``None`` when ``env.x_test`` is ``None`` (a session with no held-out set).
+    """
+    config = env.config
+    r = state.round + 1
+    k_restart, k_train = keys
+    info = dict(info or {})
+    variables = state.variables
+    if r > 0:
         variables = restart(
             k_restart, config.start, env.module, variables, env.x_train[:1],
             lam=config.lam, sigma=config.sigma, noise=config.noise,
         )
         if config.start == "cold":
             variables = scale_head(variables, config.head_init_scale)
+    chosen = np.asarray(chosen, dtype=np.int64)
     already = state.labeled.tolist()
     if len(set(chosen.tolist()) | set(already)) != len(already) + len(chosen):
         raise RuntimeError(f"round {r}: a chosen index is already labeled")  # loop invariant
@@ -525,18 +598,21 @@ def round_step(env: LoopEnv, state: LoopState, key: jax.Array) -> tuple[LoopStat
     env.emit("queried", r)
 
     c0 = compile_seconds()
-    result = _fit(env, k_train, variables, labeled, r)
+    result = fit_step(env, k_train, variables, labeled, r)
     train_compile = compile_seconds() - c0
-    test_acc, test_loss = evaluate(
-        env.module, result.variables, env.x_test, env.y_test, env.num_classes, config.train.loss
-    )
+    test_acc = test_loss = None
+    if env.x_test is not None:
+        test_acc, test_loss = evaluate(
+            env.module, result.variables, env.x_test, env.y_test, env.num_classes, config.train.loss
+        )
     env.emit("trained", r)
+    signals = signals_step(env, state, result.variables, labeled, r, info)
 
     record = {
         "round": r,
         "n_labeled": len(labeled),
-        "test_accuracy": float(test_acc),
-        "test_loss": float(test_loss),
+        "test_accuracy": None if test_acc is None else float(test_acc),
+        "test_loss": None if test_loss is None else float(test_loss),
         "train_accuracy": float(result.train_accuracy),
         "train_loss": float(result.train_loss),
         "train_epochs": int(result.epochs),
@@ -544,18 +620,32 @@ def round_step(env: LoopEnv, state: LoopState, key: jax.Array) -> tuple[LoopStat
         "train_seconds": float(result.seconds),
         "query_seconds": float(query_seconds),
         "train_compile_seconds": round(float(train_compile), 4),
-        "query_compile_seconds": round(float(query_compile), 4),
+        "query_compile_seconds": round(float(query_compile_seconds), 4),
         "chosen": [int(i) for i in chosen],
         "strategy": config.strategy,
         "seed": config.seed,
         "dataset": config.dataset,
         "model": config.model,
         "info": _jsonable(info),
+        "signals": signals,
     }
     return LoopState(r, labeled, result.variables, strategy_state, state.records + (record,)), record
 
 
-def _ssl_config(config: ExperimentConfig) -> ssl.SSLConfig | None:
+def signals_step(env: LoopEnv, state: LoopState, variables: Any, labeled: np.ndarray, r: int, info: dict) -> dict:
+    """The round's stopping signals (:mod:`jaxal.experiment.signals`): the trained model and
+    the previous round's (``state.variables``) on the stop set, and the query's own."""
+    rows = env.stop_rows if env.stop_rows is not None else stop_rows(env.root, int(env.x_train.shape[0]))
+    x_stop = env.x_train[rows]
+    current = signals_lib.predict_stop_set(env.module, variables, x_stop)
+    previous = signals_lib.predict_stop_set(env.module, state.variables, x_stop) if r > 0 else None
+    unlabeled = ~np.isin(rows, labeled)
+    out = signals_lib.round_signals(current, previous, unlabeled, int(env.num_classes))
+    out.update(signals_lib.query_signals(env.config.strategy, info))
+    return out
+
+
+def ssl_config_of(config: ExperimentConfig) -> ssl.SSLConfig | None:
     """The semi-supervised trainer's settings, augmentations included (``None`` when supervised)."""
     if config.trainer == "supervised":
         return None
@@ -567,7 +657,7 @@ def _augment_name(dataset: str) -> str:
     return dataset if dataset in augment.datasets() else "generic"
 
 
-def _fit(env: LoopEnv, key: jax.Array, variables: Any, labeled: np.ndarray, r: int) -> TrainResult:
+def fit_step(env: LoopEnv, key: jax.Array, variables: Any, labeled: np.ndarray, r: int) -> TrainResult:
     """Train on the labeled rows (and, for a semi-supervised trainer, the unlabeled ones)."""
     config = env.config
     train_config = config.train
@@ -586,7 +676,7 @@ def _fit(env: LoopEnv, key: jax.Array, variables: Any, labeled: np.ndarray, r: i
               train_config, env.ssl_config)
 
 
-def _query(env: LoopEnv, state: LoopState, k_candidates: jax.Array, k_query: jax.Array) -> tuple[np.ndarray, dict, Any]:
+def query_step(env: LoopEnv, state: LoopState, k_candidates: jax.Array, k_query: jax.Array) -> tuple[np.ndarray, dict, Any]:
     """One acquisition from the model of ``state``: (chosen indices into x_train, info, new strategy state)."""
     config = env.config
     labeled = state.labeled

@@ -7,7 +7,8 @@ from :mod:`jaxal.experiment.records` and :mod:`jaxal.experiment.stats`; this mod
 - :func:`plot_learning_curves`: one line per strategy, mean ± 1 std over seeds;
 - :func:`plot_curves_ci`: learning curves of a grid with Student-t bands;
 - :func:`plot_differences`: accuracy minus the reference's, paired per seed;
-- :func:`plot_penalty`: the penalty matrix as a heatmap with its column means.
+- :func:`plot_penalty`: the penalty matrix as a heatmap with its column means;
+- :func:`plot_signals`: one run's accuracy and stopping signals against its labels.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from matplotlib.figure import Figure
 from jaxal.experiment.records import Curves, as_records, curve, curve_ci, difference_curves, group_by_strategy
 from jaxal.experiment.stats import PenaltyMatrix
 
-__all__ = ["plot_learning_curves", "plot_curves_ci", "plot_differences", "plot_penalty"]
+__all__ = ["plot_learning_curves", "plot_curves_ci", "plot_differences", "plot_penalty", "plot_signals"]
 
 
 def _colours(labels: Iterable[str]) -> dict[str, Any]:
@@ -220,3 +221,49 @@ def plot_penalty(pm: PenaltyMatrix, path: str | os.PathLike, *, title: str | Non
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
     return path
+
+
+_SIGNAL_LABELS = {"kappa": "κ with the previous model", "change": "stop-set predictions changed",
+                  "uncertainty": "mean normalised entropy"}
+
+
+def plot_signals(records: Sequence[Mapping[str, Any]], path: str | os.PathLike, *, title: str | None = None,
+                 stops: Mapping[str, int] | None = None) -> str:
+    """One run's accuracy (when measured) and stopping signals against the labels used.
+
+    Args:
+      records: the run's round records (``jaxal run`` or a labeling session).
+      path: the PNG to write.
+      title: the figure title.
+      stops: ``{rule text: round}`` where stopping rules fired, drawn as vertical lines.
+    """
+    n = [int(r["n_labeled"]) for r in records]
+    acc = [r.get("test_accuracy") for r in records]
+    fig = _new_figure(9.0, 3.6)
+    ax_acc, ax_sig = fig.subplots(1, 2)
+    if any(a is not None for a in acc):
+        ax_acc.plot([k for k, a in zip(n, acc) if a is not None], [a for a in acc if a is not None], "o-",
+                    color="black", label="held-out accuracy")
+    else:
+        ax_acc.text(0.5, 0.5, "no held-out set", ha="center", va="center", transform=ax_acc.transAxes)
+    ax_acc.set_xlabel("labels")
+    ax_acc.set_ylabel("accuracy")
+    colours = _colours(_SIGNAL_LABELS)
+    for name, label in _SIGNAL_LABELS.items():
+        pts = [(k, (r.get("signals") or {}).get(name)) for k, r in zip(n, records)]
+        pts = [(k, v) for k, v in pts if v is not None]
+        if pts:
+            ax_sig.plot(*zip(*pts), "o-", color=colours[name], label=label, markersize=3)
+    ax_sig.set_xlabel("labels")
+    ax_sig.set_ylim(-0.02, 1.02)
+    ax_sig.set_title("stopping signals (stop set)", fontsize=9)
+    for i, (rule, r) in enumerate(sorted((stops or {}).items(), key=lambda kv: kv[1])):
+        at = next((int(rec["n_labeled"]) for rec in records if int(rec["round"]) == r), None)
+        if at is not None:
+            for ax in (ax_acc, ax_sig):
+                ax.axvline(at, color="grey", linestyle=":", linewidth=1)
+            ax_sig.annotate(rule, (at, 0.02 + 0.08 * i), fontsize=7, rotation=90, va="bottom", ha="right")
+    _legend(ax_sig, fontsize=7, loc="center right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -10,8 +10,10 @@ writes into one directory:
   normalised by the budget), 95% CIs, paired difference and t-test against random;
 - ``penalty.png`` / ``penalty.csv``: the pairwise penalty matrix of
   :func:`jaxal.experiment.stats.penalty_matrix` with its column means;
-- ``summary.md``: the AUBC table, the penalty column means and the notes (what was
-  skipped and why).
+- ``stopping.csv``: where each stopping rule of :mod:`jaxal.stopping` would have stopped
+  each arm (when the runs recorded their round signals);
+- ``summary.md``: the AUBC table, the penalty column means, the stopping rules and the
+  notes (what was skipped and why).
 
 Without a ``random`` arm the difference curves, the p-values and the penalty matrix
 are skipped (the penalty budgets are defined by random's saturation) and the summary
@@ -26,13 +28,15 @@ import math
 import os
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
+from jaxal import stopping
 from jaxal.experiment import plots
 from jaxal.experiment import records as ev
 from jaxal.experiment.stats import PenaltyMatrix, penalty_matrix
 
-__all__ = ["Report", "write_report", "aubc_markdown", "write_aubc_csv", "write_penalty_csv", "summary_markdown"]
+__all__ = ["Report", "write_report", "aubc_markdown", "write_aubc_csv", "write_penalty_csv", "write_stopping_csv",
+           "summary_markdown"]
 
-FILES = ("curves.png", "diff_to_random.png", "aubc.csv", "penalty.png", "penalty.csv", "summary.md")
+FILES = ("curves.png", "diff_to_random.png", "aubc.csv", "penalty.png", "penalty.csv", "stopping.csv", "summary.md")
 
 
 class Report(NamedTuple):
@@ -45,6 +49,8 @@ class Report(NamedTuple):
       penalty: the :class:`~jaxal.experiment.stats.PenaltyMatrix`, or ``None`` when skipped.
       notes: human-readable remarks (skipped outputs, incomplete runs).
       meta: dataset, model, design (initial size, query size), seeds per label.
+      stops: :func:`jaxal.stopping.summarize` per label and rule (empty when the runs
+        carry no round signals).
     """
 
     files: dict[str, str]
@@ -53,6 +59,7 @@ class Report(NamedTuple):
     penalty: PenaltyMatrix | None
     notes: list[str]
     meta: dict[str, Any]
+    stops: tuple[stopping.StopSummary, ...] = ()
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -92,6 +99,16 @@ def write_aubc_csv(rows: Sequence[ev.AubcRow], budgets: Sequence[int], path: str
             w.writerow([r.label, r.seeds, repr(r.aubc), repr(r.aubc_ci), repr(r.trapezoid), repr(r.trapezoid_ci),
                         repr(r.diff), repr(r.diff_ci), repr(r.pvalue), budgets[0], budgets[-1], len(budgets)])
     return path
+
+
+def write_stopping_csv(rows: Sequence[stopping.StopSummary], path: str | os.PathLike) -> str:
+    """``stopping.csv``: one row per (strategy, rule), :class:`jaxal.stopping.StopSummary`'s fields."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(list(stopping.StopSummary._fields) + ["verdict"])
+        for r in rows:
+            w.writerow(list(r) + [r.verdict])
+    return os.fspath(path)
 
 
 def write_penalty_csv(pm: PenaltyMatrix, path: str | os.PathLike) -> str:
@@ -161,6 +178,16 @@ def summary_markdown(report: Report, *, reference: str = "random", alpha: float 
             "| column mean | " + " | ".join(f"{pm.column_means[i]:.2f}" for i in order) + " |",
             "",
             "Full matrix: `penalty.csv`, `penalty.png`.",
+            "",
+        ]
+    if report.stops:
+        out += [
+            "## Where each stopping rule would have stopped",
+            "",
+            "Means over seeds; a rule that never fired counts at the run's last round. Rules and signals: "
+            "`jaxal.stopping`.",
+            "",
+            stopping.markdown(report.stops),
             "",
         ]
     out += ["## Files", ""] + [f"- `{name}`" for name in report.files if name != "summary.md"] + ["- `summary.md`"]
@@ -241,7 +268,11 @@ def write_report(
         files["penalty.csv"] = write_penalty_csv(penalty, os.path.join(out_dir, "penalty.csv"))
     if min(len(s) for s in meta["seeds"].values()) < 2:
         notes.append("fewer than two seeds for some strategy: no confidence interval or test for it")
-    report = Report(files, rows, budgets, penalty, notes, meta)
+    stops: list[stopping.StopSummary] = []
+    if any("signals" in rec for by_seed in runs.values() for recs in by_seed.values() for rec in recs):
+        stops = stopping.summarize(runs)
+        files["stopping.csv"] = write_stopping_csv(stops, os.path.join(out_dir, "stopping.csv"))
+    report = Report(files, rows, budgets, penalty, notes, meta, tuple(stops))
     path = os.path.join(out_dir, "summary.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write(summary_markdown(report, reference=reference, alpha=alpha, title=title))

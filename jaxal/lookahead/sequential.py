@@ -92,8 +92,16 @@ class Sequential:
 
     @classmethod
     def _from_state(cls, other: "Sequential", state: core.LookaheadState) -> "Sequential":
+        return cls.from_state(state, other.objective, other.probability, other.info)
+
+    @classmethod
+    def from_state(cls, state: core.LookaheadState, objective: str = "mlmoc", probability: str = "softmax",
+                   info: core.LookaheadInfo | None = None) -> "Sequential":
+        """A :class:`Sequential` over a stored state (e.g. one a labeling session saved), with no new solve."""
+        check_choice("objective", objective, core.OBJECTIVES)
+        check_choice("probability", probability, core.PROBABILITY_MAPS)
         new = cls.__new__(cls)
-        new.objective, new.probability, new.info, new.state = other.objective, other.probability, other.info, state
+        new.objective, new.probability, new.info, new.state = objective, probability, info, state
         return new
 
     def scores(self) -> np.ndarray:

@@ -180,6 +180,12 @@ def _info(objective: str, rows: np.ndarray, linfo: core.LookaheadInfo | None, **
     return info
 
 
+def _max_score(scores: Any) -> float:
+    """The best candidate's score (what the ``output_change`` stopping rule follows); padding
+    and added points score ``-inf``, so the max is over real candidates."""
+    return float(jnp.max(scores))
+
+
 def _batch_query(objective: str, key: jax.Array, ctx: Context, budget: int, options: dict) -> Query:
     """Top-``budget`` or greedy batch of one objective (the body of the four strategies)."""
     o = _options(options)
@@ -195,15 +201,15 @@ def _batch_query(objective: str, key: jax.Array, ctx: Context, budget: int, opti
         picks = top_k_indices(s, budget, key_tie)
         return Query(rows[picks], _info(objective, rows, None, approximation=o.approximation, batch=o.batch))
     state, linfo = _state(ctx, rows, o)
+    s, clamped = core.scores(state, objective, o.probability, o.chunk_size)
     if o.batch == "topk":
-        s, clamped = core.scores(state, objective, o.probability, o.chunk_size)
         picks, n_clamped = top_k_indices(s, budget, key_tie), int(np.sum(np.asarray(clamped)))
     else:
         picks, _, per_pick = core.greedy_batch(state, budget, objective, o.probability, o.chunk_size)
         picks, n_clamped = np.asarray(picks), int(np.asarray(per_pick)[0])
     return Query(rows[np.asarray(picks)], _info(objective, rows, linfo, num_clamped=n_clamped,
                                                 approximation=o.approximation, contraction=o.contraction,
-                                                batch=o.batch))
+                                                batch=o.batch, max_score=_max_score(s)))
 
 
 def _pool_query(objective: str, key: jax.Array, ctx: Context, budget: int, o: LookaheadOptions) -> Query:
@@ -238,7 +244,7 @@ def _pool_query(objective: str, key: jax.Array, ctx: Context, budget: int, o: Lo
     return Query(picks, _info(objective, rows, r.info, num_clamped=int(r.info.num_clamped),
                               approximation=o.approximation, contraction=o.contraction, batch=o.batch, path="pool",
                               devices=int(ctx.mesh.size), candidates=n, chunk_rows=int(r.chunk_rows),
-                              memory_estimate=int(r.memory)))
+                              memory_estimate=int(r.memory), max_score=_max_score(r.scores.data)))
 
 
 def _sequential_query(objective: str, key: jax.Array, ctx: Context, budget: int,

@@ -1,0 +1,1 @@
+"""Label your own data: sessions over unlabeled pools, exchange with labeling tools."""
