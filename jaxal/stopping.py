@@ -22,10 +22,12 @@ rule (CLI text)        stops after the first round where ...
                        class changed since the previous round is ``<= T``
                        (classification change, Zhu et al. 2008)
 ``output_change:F``    the look-ahead's largest predicted output change over the pool
-                       (the MLMOC score of the round's best candidate) is ``<= F``
-                       times its first value: no candidate would still move the model
-``plateau:T:K``        CRC's λ⁺min of the chosen group changed by ``<= T`` (relative)
-                       over the last ``K`` rounds: the convergence rate has plateaued
+                       (the MLMOC score of the round's best candidate, relative to the
+                       outputs' size) is ``<= F`` times its first value: no candidate
+                       would still move the model
+``plateau:T:K``        CRC's λ⁺min of the chosen group, per label, changed by ``<= T``
+                       (relative) over the last ``K`` rounds: the convergence rate the
+                       labels buy has plateaued
 =====================  ===============================================================
 
 A signal a run does not carry (``output_change`` on a run whose strategy is not a
@@ -148,9 +150,9 @@ def classification_change(history: History, threshold: float = 0.005) -> int | N
 
 
 def output_change(history: History, fraction: float = 0.1) -> int | None:
-    """First position whose largest predicted output change (look-ahead) is ``<= fraction``
-    times the first one recorded."""
-    values = _series(_check_history(history), "max_output_change")
+    """First position whose largest predicted output change (look-ahead, relative to the
+    outputs' size) is ``<= fraction`` times the first one recorded."""
+    values = _series(_check_history(history), "relative_output_change")
     first = next((v for v in values if v is not None), None)
     if first is None:
         return None
@@ -158,9 +160,9 @@ def output_change(history: History, fraction: float = 0.1) -> int | None:
 
 
 def eigenvalue_plateau(history: History, tolerance: float = 0.05, window: int = 3) -> int | None:
-    """First position where CRC's λ⁺min of the chosen group moved by at most
+    """First position where CRC's λ⁺min of the chosen group per label moved by at most
     ``tolerance`` relative to its value ``window`` rounds earlier, every step between."""
-    values = _series(_check_history(history), "lambda_min")
+    values = _series(_check_history(history), "lambda_min_per_label")
     for i in range(window, len(values)):
         last = values[i - window: i + 1]
         if any(v is None for v in last):
@@ -202,9 +204,9 @@ RULES: dict[str, tuple[Callable[..., int | None], str, tuple[tuple[str, type, An
                     "mean normalised entropy on the unlabeled stop set is small"),
     "change": (classification_change, "change", (("threshold", float, 0.005),),
                "few unlabeled stop-set predictions changed class since the last round"),
-    "output_change": (output_change, "max_output_change", (("fraction", float, 0.1),),
+    "output_change": (output_change, "relative_output_change", (("fraction", float, 0.1),),
                       "the look-ahead's largest predicted output change fell below a fraction of its first value"),
-    "plateau": (eigenvalue_plateau, "lambda_min", (("tolerance", float, 0.05), ("window", int, 3)),
+    "plateau": (eigenvalue_plateau, "lambda_min_per_label", (("tolerance", float, 0.05), ("window", int, 3)),
                 "CRC's λ⁺min of the chosen group stopped moving"),
 }
 

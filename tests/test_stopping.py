@@ -40,8 +40,8 @@ def test_each_rule_stops_where_the_hand_worked_history_says():
     # means of the last 3: r3 (0.9, 0.99, 0.995) = 0.962 no; r4 (0.99, 0.995, 0.986) = 0.9903 -> stop at 4
     h = _history(kappa=kappa, uncertainty=[0.9, 0.5, 0.2, 0.06, 0.05, 0.01, 0.0],
                  change=[None, 0.3, 0.1, 0.004, 0.0, 0.0, 0.0],
-                 max_output_change=[None, 4.0, 2.0, 0.5, 0.39, 0.41, 0.1],
-                 lambda_min=[None, 1.0, 0.5, 0.49, 0.48, 0.47, 0.47])
+                 relative_output_change=[None, 4.0, 2.0, 0.5, 0.39, 0.41, 0.1],
+                 lambda_min_per_label=[None, 1.0, 0.5, 0.49, 0.48, 0.47, 0.47])
     assert stopping.stabilizing_predictions(h, 0.99, 3) == 4
     assert stopping.stabilizing_predictions(h, 0.999, 2) == 6  # (1.0 + 0.999)/2 = 0.9995
     assert stopping.overall_uncertainty(h, 0.05) == 4
@@ -83,25 +83,33 @@ def test_stop_round_takes_the_earliest_rule_and_where_reports_not_applicable():
 def test_round_signals_match_a_direct_computation():
     rng = np.random.default_rng(1)
     prev, cur = rng.integers(0, 3, 40), rng.integers(0, 3, 40)
-    ent = rng.random(40)
+    ent, norm = rng.random(40), rng.random(40) + 1
     unlabeled = rng.random(40) < 0.6
-    out = signals.round_signals((cur, ent), (prev, ent * 0), unlabeled, 3)
+    current = signals.StopSetPredictions(cur, ent, norm)
+    out = signals.round_signals(current, signals.StopSetPredictions(prev, ent * 0, norm), unlabeled, 3)
     assert out["change"] == pytest.approx(np.sum((prev != cur) & unlabeled) / np.sum(unlabeled))
     assert out["uncertainty"] == pytest.approx(ent[unlabeled].mean())
     assert out["kappa"] == pytest.approx(stopping.cohen_kappa(prev, cur, 3))
-    assert signals.round_signals((cur, ent), None, unlabeled, 3)["kappa"] is None
-    q = signals.query_signals("mlmoc", {"objective": "mlmoc", "max_score": 2.5})
-    assert q == {"max_output_change": 2.5, "lambda_min": None}
-    assert signals.query_signals("crc", {"group_scores": [0.3, 0.2]})["lambda_min"] == 0.3
+    assert out["output_scale"] == pytest.approx(norm.mean())
+    assert signals.round_signals(current, None, unlabeled, 3)["kappa"] is None
+    q = signals.query_signals({"objective": "mlmoc", "max_score": 2.5, "eval_size": 10}, 0.5, 30)
+    assert q["max_output_change"] == 2.5 and q["relative_output_change"] == pytest.approx(0.5)
+    assert q["lambda_min"] is None and signals.query_signals({"objective": "eer", "max_score": 1.0}, 1.0, 3) == {
+        "max_output_change": None, "relative_output_change": None, "lambda_min": None, "lambda_min_per_label": None}
+    crc = signals.query_signals({"group_scores": [0.3, 0.2]}, None, 30)
+    assert crc["lambda_min"] == 0.3 and crc["lambda_min_per_label"] == pytest.approx(0.01)
 
 
-def test_predicted_entropy_is_normalised_by_log_c():
+def test_stop_set_summary_is_class_normalised_entropy_and_norm():
     import jax.numpy as jnp
 
-    probs = jnp.array([[1.0, 0.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0.0, 0.0]])
-    out = np.asarray(signals._class_and_entropy(probs))
-    np.testing.assert_allclose(out[:, 1], [0.0, 1.0, np.log(2) / np.log(4)], atol=1e-6)
-    np.testing.assert_array_equal(out[:, 0], [0, 0, 0])
+    logits = jnp.array([[30.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [2.0, 2.0, -40.0, -40.0], [0.0, 3.0, 0.0, 4.0]])
+    out = np.asarray(signals._summary(logits))
+    np.testing.assert_allclose(out[:, 1], [0.0, 1.0, np.log(2) / np.log(4), out[3, 1]], atol=1e-5)
+    np.testing.assert_array_equal(out[:, 0], [0, 0, 0, 3])
+    np.testing.assert_allclose(out[:, 2], np.linalg.norm(np.asarray(logits), axis=1), rtol=1e-6)
+    p = np.exp(np.asarray(logits[3]) - np.log(np.exp(np.asarray(logits[3])).sum()))
+    assert out[3, 1] == pytest.approx(-(p * np.log(p)).sum() / np.log(4), rel=1e-5)
 
 
 def test_run_stops_where_a_rule_fires_and_plot_reports_every_rule(tmp_path, capsys):

@@ -360,7 +360,9 @@ def run(
       ``x_train``; for round 0 the initial set), ``strategy, seed, dataset, model,
       info`` (the strategy's diagnostics), and ``train_compile_seconds``,
       ``query_compile_seconds``: the tracing, lowering and XLA compilation inside training and the query
-      (:mod:`jaxal.experiment.compile_clock`), so timings compare with compiles apart.
+      (:mod:`jaxal.experiment.compile_clock`), so timings compare with compiles apart; ``signals``:
+      the stopping signals (:mod:`jaxal.experiment.signals`), and ``stopped_by`` on the
+      round after which a rule of ``config.stop`` ended the run.
 
     Raises:
       ValueError: anything :func:`preflight` finds (then ``out_dir`` is not created),
@@ -641,7 +643,8 @@ def signals_step(env: LoopEnv, state: LoopState, variables: Any, labeled: np.nda
     previous = signals_lib.predict_stop_set(env.module, state.variables, x_stop) if r > 0 else None
     unlabeled = ~np.isin(rows, labeled)
     out = signals_lib.round_signals(current, previous, unlabeled, int(env.num_classes))
-    out.update(signals_lib.query_signals(env.config.strategy, info))
+    previous_scale = float(np.mean(previous.norm)) if previous is not None else None
+    out.update(signals_lib.query_signals(info, previous_scale, int(labeled.shape[0])))
     return out
 
 

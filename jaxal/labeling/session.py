@@ -400,7 +400,9 @@ class Session:
                 raise SessionError(f"budget {size} is larger than the pool ({unl} rows)")
             env = self._env._replace(config=dataclasses.replace(self.config, initial_size=size))
             chosen, info, r = loop.initial_set(env), {"initial_set": True}, 0
-        elif self.instant and self.round >= 0:
+        elif self.instant:
+            if self.round < 0:
+                self.fit()  # the look-ahead linearises a trained network
             chosen, info, r = self._instant_query(int(budget or 1)), {"instant": True}, self.round + 1
         else:
             if len(self.pending):
