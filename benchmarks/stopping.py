@@ -51,7 +51,7 @@ from jaxal.training.train import TrainConfig
 DEFAULT_OUT = os.path.join("benchmarks", "results", "stopping")
 LOOKAHEAD_SUFFIX = "-la"  # an arm under the look-ahead protocol (what MLMOC's output changes model)
 RULES = ("kappa:0.99:3", "kappa:0.95:2", "uncertainty:0.05", "uncertainty:0.2", "change:0.005", "change:0.02",
-         "output_change:0.1", "output_change:0.3", "plateau:0.05:3", "plateau:0.2:2")
+         "output_change:0.1", "output_change:0.5", "plateau:0.05:3", "plateau:0.1:3")
 
 
 @dataclasses.dataclass(frozen=True)
