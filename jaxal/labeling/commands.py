@@ -95,15 +95,19 @@ def query_command(args: argparse.Namespace) -> int:
                           + (f", held-out accuracy {acc:.3f}" if acc is not None else "") + ")")
         files = list(s.files) if s.files is not None else None
         if args.to:
-            if args.to.lower().endswith(".json"):
-                exchange.write_label_studio_tasks(args.to, idx, files=files, url_prefix=args.url_prefix)
-                what = "Label Studio tasks"
-            elif args.to.lower().endswith(".csv"):
-                exchange.write_query_csv(args.to, idx, files=files)
-                what = "a CSV: fill in its label column"
-            else:
-                raise ValueError(f"--to {args.to}: write a .csv (annotators fill its label column) or a .json "
-                                 "(Label Studio tasks)")
+            try:
+                if args.to.lower().endswith(".json"):
+                    exchange.write_label_studio_tasks(args.to, idx, files=files, url_prefix=args.url_prefix)
+                    what = "Label Studio tasks"
+                elif args.to.lower().endswith(".csv"):
+                    exchange.write_query_csv(args.to, idx, files=files)
+                    what = "a CSV: fill in its label column"
+                else:
+                    raise ValueError(f"--to {args.to}: write a .csv (annotators fill its label column) or a .json "
+                                     "(Label Studio tasks)")
+            except OSError as e:
+                raise ValueError(f"--to {args.to}: {e.strerror or e} (the query is recorded: run the same command "
+                                 "again to get the same rows)") from None
             console.print(f"{len(idx)} rows to label -> {args.to} ({what}); then: jaxal session teach {s.directory} "
                           f"--from {args.to if args.to.lower().endswith('.csv') else 'EXPORT.json'}")
         else:
