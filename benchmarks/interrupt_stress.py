@@ -37,10 +37,13 @@ import numpy as np
 
 RUN = ["run", "--strategy", "entropy", "--widths", "16", "--initial", "10", "--budget", "5", "--rounds", "8",
        "--epochs", "40", "--candidates", "80", "--quiet"]
+# --quick: the same run with 4 rounds (labeled sizes 10..30: two shape buckets, not three)
+RUN_QUICK = ["run", "--strategy", "entropy", "--widths", "16", "--initial", "10", "--budget", "5", "--rounds", "4",
+             "--epochs", "40", "--candidates", "80", "--quiet"]
 
 
-def command(cache: str, out: str, resume: bool) -> list[str]:
-    return [sys.executable, "-m", "jaxal", *RUN, "--compile-cache", cache, "--out", out] + (
+def command(cache: str, out: str, resume: bool, run: list[str] = RUN) -> list[str]:
+    return [sys.executable, "-m", "jaxal", *run, "--compile-cache", cache, "--out", out] + (
         ["--resume"] if resume else [])
 
 
@@ -74,23 +77,24 @@ def records(out: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="CI-sized: 6 interrupts")
+    ap.add_argument("--quick", action="store_true", help="CI-sized: 3 interrupts, a 4-round run")
     ap.add_argument("--interrupts", type=int, default=None, help="signals to send (default 60)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the summary here")
     args = ap.parse_args(argv)
-    target = args.interrupts or (6 if args.quick else 60)
+    target = args.interrupts or (3 if args.quick else 60)
+    run = RUN_QUICK if args.quick else RUN
     rng = np.random.default_rng(args.seed)
     work = tempfile.mkdtemp(prefix="jaxal-stress-")
     cache = os.path.join(work, "xla")
     t0 = time.perf_counter()
-    ref = subprocess.run(command(cache, os.path.join(work, "reference"), False), capture_output=True, text=True)
+    ref = subprocess.run(command(cache, os.path.join(work, "reference"), False, run), capture_output=True, text=True)
     if ref.returncode != 0:
         raise SystemExit(f"reference run failed:\n{ref.stderr[-2000:]}")
     # a second, warm run (the cache is full now): how long a start works once it has begun
     warm = os.path.join(work, "warm")
     since = time.time()
-    proc = subprocess.Popen(command(cache, warm, False), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(cache, warm, False, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_start(proc, warm, since)
     t1 = time.perf_counter()
     proc.wait()
@@ -107,8 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
         while not finished:
             since = time.time()
             # --resume once the run directory exists (a start-up interrupt may leave none)
-            proc = subprocess.Popen(command(cache, out, os.path.isdir(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True)
+            proc = subprocess.Popen(command(cache, out, os.path.isdir(out), run), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
             starts += 1
             if sent < target:
                 phase = "start-up" if rng.random() < 0.25 else "run"
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"signals_sent": sent, "starts": starts, "trials": trials, "trials_equal_reference": equal,
                "outcomes": dict(outcomes), "sent_at": dict(phases), "failures": failures,
                "records_equal_reference": bool(same), "reference_seconds": round(ref_seconds, 2),
-               "seconds": round(time.perf_counter() - t0, 1), "load_average": os.getloadavg(), "run": RUN}
+               "seconds": round(time.perf_counter() - t0, 1), "load_average": os.getloadavg(), "run": run}
     print(json.dumps(summary, indent=1))
     if args.json:
         with open(args.json, "w") as f:

@@ -627,7 +627,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--al-rounds", type=int, default=None)
     ap.add_argument("--al-width", type=int, default=128)
     ap.add_argument("--al-pool", type=int, default=1500)
-    ap.add_argument("--al-initial", type=int, default=50)
+    ap.add_argument("--al-initial", type=int, default=None)
     ap.add_argument("--al-batch", type=int, default=10)
     ap.add_argument("--al-candidates", type=int, default=None)
     ap.add_argument("--al-eval", type=int, default=None)
@@ -641,8 +641,11 @@ def main(argv=None) -> dict:
     args.max_steps = args.max_steps or (80 if q else 600)
     args.al_seeds = args.al_seeds if args.al_seeds is not None else 1
     args.al_rounds = args.al_rounds if args.al_rounds is not None else (1 if q else 3)
-    args.al_candidates = args.al_candidates or (6 if q else 30)
-    args.al_eval = args.al_eval or (50 if q else 200)
+    # quick: the AL run uses the fidelity part's |L|, |S| and candidate count, so its
+    # programs (training, kernels, GD, look-ahead) are those already compiled
+    args.al_initial = args.al_initial or (args.labeled if q else 50)
+    args.al_candidates = args.al_candidates or (args.candidates if q else 30)
+    args.al_eval = args.al_eval or (args.eval_size if q else 200)
     args.al_max_steps = args.al_max_steps or (60 if q else 400)
     if q:
         args.train_steps = min(args.train_steps, 1500)

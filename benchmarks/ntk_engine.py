@@ -148,9 +148,9 @@ def run_case(case: dict, reps: int) -> list[dict]:
 def cases(quick: bool) -> list[dict]:
     if quick:
         return [
-            dict(name="mlp", model=build("mlp", (64,), widths=(128, 128)), shape=(64,), n1=100, n2=20,
+            dict(name="mlp", model=build("mlp", (64,), widths=(128, 128)), shape=(64,), n1=40, n2=10,
                  ref_rows=(4, 3), sizes={("ntvp", c): (20, 5) for c in CONTRACTIONS}, contractions=CONTRACTIONS),
-            dict(name="cnn", model=build("cnn", (8, 8, 1), channels=(4, 8), hidden=16), shape=(8, 8, 1), n1=20,
+            dict(name="cnn", model=build("cnn", (8, 8, 1), channels=(2, 4), hidden=8), shape=(8, 8, 1), n1=20,
                  n2=5, ref_rows=(3, 2), sizes={}, contractions=("trace",), implementations=("structured",)),
         ]
     small = lambda impl, size: {(impl, c): size for c in CONTRACTIONS}  # noqa: E731

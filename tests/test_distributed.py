@@ -1,14 +1,16 @@
 """`jaxal run` over two ``jax.distributed`` processes on localhost (gloo CPU collectives).
 
 Two processes of 2 forced CPU devices each (``--distributed``) against one process of 4
-(``--mesh``) and the plain one-device run, on a 3-round run of the embedded digits set:
+(``--mesh``), on a 3-round run of the embedded digits set:
 
 - the chosen indices are the same in every round for every strategy;
 - two processes and one process of 4 devices run the same partitioned programs: their
-  records are identical (timings aside);
-- one device differs from 4 only in float rounding of the data-parallel training sums,
-  so metrics are compared to 1e-5 relative (seen: ~1e-7), and strategy diagnostics
-  except the device count they report.
+  records are identical (timings aside).
+
+That a mesh picks what one device picks is checked where it is decided, without a
+third whole run here: the strategies on 8 devices against 1 in ``tests/test_pool.py``
+(entropy and coreset among them), data-parallel training against one device in
+``tests/test_train_sharded.py``.
 
 The two-process run goes through the failure path on the way: process 1 is killed right
 after round 1's checkpoint, process 0 must stop by itself (non-zero, within about the
@@ -122,13 +124,24 @@ def _records(out: str, strategies: str = STRATEGIES) -> dict[str, list[dict]]:
 
 
 def _untimed(record: dict) -> dict:
-    return {k: v for k, v in record.items() if "seconds" not in k}
+    """A record without its timings and stopping signals (compared by :func:`_same_signals`)."""
+    return {k: v for k, v in record.items() if "seconds" not in k and k != "signals"}
+
+
+def _same_signals(a: list[dict], b: list[dict]) -> None:
+    """The stopping signals agree to float32 rounding: the stop-set predictions run on one
+    device per process, whose CPU program differs in the last bits between the two set-ups
+    (observed: 3e-10 relative on a mean of 1,000 float32 entropies)."""
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["signals"].keys() == rb["signals"].keys()
+        for k, v in ra["signals"].items():
+            w = rb["signals"][k]
+            assert (v is None) == (w is None) and (v is None or v == pytest.approx(w, rel=1e-6, abs=1e-9)), (k, v, w)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same run three ways: two processes of 2 devices, one process of 4 (``--mesh``),
-    one device (this process).
+    """The same run two ways: two processes of 2 devices, one process of 4 (``--mesh``).
 
     The two-process run is interrupted: process 1 kills itself right after entropy's
     round-1 checkpoint, process 0 must stop by itself, and both are rerun with
@@ -160,29 +173,25 @@ def runs(tmp_path_factory):
     t_two = time.perf_counter() - t0
     ((rc, _, err),) = _finish([_start(ARGS + ["--mesh", "--out", str(base / "mesh")], 4)])
     assert rc == 0, err[-3000:]
-    assert main(ARGS + ["--out", str(base / "one"), "--compile-cache", "off"]) == 0
     print(f"\ntwo processes: killed and stopped {t_kill:.1f} s, resumed and finished {t_two:.1f} s; "
-          f"all three runs {time.perf_counter() - t0:.1f} s; process 0 exited {survivor} "
+          f"both runs {time.perf_counter() - t0:.1f} s; process 0 exited {survivor} "
           f"{stopped if stopped is None else round(stopped, 1)} s after process 1 was killed")
-    return {"kill": kill, "said": said, "dirs": {k: base / k for k in ("one", "mesh", "two")},
-            "records": {k: _records(base / k) for k in ("one", "mesh", "two")}}
+    return {"kill": kill, "said": said, "dirs": {k: base / k for k in ("mesh", "two")},
+            "records": {k: _records(base / k) for k in ("mesh", "two")}}
 
 
 @pytest.mark.slow
 @needs_gloo
 def test_two_processes_pick_what_one_process_and_one_device_pick(runs):
-    one, mesh, two = (runs["records"][k] for k in ("one", "mesh", "two"))
+    # (one device: see the module docstring)
+    mesh, two = (runs["records"][k] for k in ("mesh", "two"))
     for s in STRATEGIES.split(","):
         assert [len(r["chosen"]) for r in two[s]] == [10, 5, 5, 5]
-        # 2 processes x 2 devices and 1 process x 4 devices: the same programs, the same numbers
+        # the same picks in every round ...
+        assert [r["chosen"] for r in two[s]] == [r["chosen"] for r in mesh[s]], s
+        # ... as 2 processes x 2 devices and 1 process x 4 devices run the same programs: the same numbers
         assert [_untimed(r) for r in two[s]] == [_untimed(r) for r in mesh[s]], s
-        # one device: the same picks; training sums rounded in another order
-        assert [r["chosen"] for r in two[s]] == [r["chosen"] for r in one[s]], s
-        for a, b in zip(one[s], two[s]):
-            for k in ("test_accuracy", "test_loss", "train_accuracy", "train_loss"):
-                assert b[k] == pytest.approx(a[k], rel=1e-5), (s, a["round"], k)
-            assert a["train_epochs"] == b["train_epochs"]
-            assert {k: v for k, v in b["info"].items() if k != "devices"} == a["info"]
+        _same_signals(two[s], mesh[s])
     # process 0 alone wrote the files and printed the table
     out = runs["dirs"]["two"]
     for s in STRATEGIES.split(","):
@@ -207,6 +216,7 @@ def test_a_killed_process_stops_the_other_and_resume_continues(runs):
     # 4 devices of one process; the uninterrupted two-process coreset run equals it too)
     two, mesh = runs["records"]["two"]["entropy"], runs["records"]["mesh"]["entropy"]
     assert [_untimed(r) for r in two] == [_untimed(r) for r in mesh]
+    _same_signals(two, mesh)
 
 
 @pytest.mark.slow

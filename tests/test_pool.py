@@ -164,14 +164,16 @@ _SCRIPT = textwrap.dedent(
     xl = rng.normal(size=(20, 6)).astype(np.float32)
     yl = rng.integers(0, 4, 20)
     one, eight = pool.pool_mesh(jax.devices()[:1]), pool.pool_mesh()
-    cases = [(n, model, {{}}) for n in ("entropy", "margin", "egl", "coreset", "badge", "typiclust")]
+    # one case per mesh code path: margin ranks the pool as entropy does (the same sharded
+    # scoring and top-k), and a second key would run the same compiled programs
+    cases = [(n, model, {{}}) for n in ("entropy", "egl", "coreset", "badge", "typiclust")]
     cases += [("badge", model, {{"first": "uniform", "bias": False}}), ("bald", dropout, {{"num_samples": 4}}),
               ("badge", model, {{"fast": False}})]
     for name, m, opts in cases:
-        for seed in range(2 if name in ("badge", "coreset") and not opts else 1):
-            a, b = (select(name, jax.random.key(seed), m, x_labeled=xl, y_labeled=yl, x_pool=x, budget=40,
-                           mesh=mesh, **opts) for mesh in (one, eight))
-            print("CASE", name, seed, int(np.array_equal(a, b)), int(b.max() < 1001))
+        seed = 0
+        a, b = (select(name, jax.random.key(seed), m, x_labeled=xl, y_labeled=yl, x_pool=x, budget=40,
+                       mesh=mesh, **opts) for mesh in (one, eight))
+        print("CASE", name, seed, int(np.array_equal(a, b)), int(b.max() < 1001))
     # the cached features really are spread over the 8 devices
     f = pool.map_rows(jaxal.model.features_rows, x, eight, model)
     print("DEVICES", len(f.data.sharding.device_set))
@@ -185,7 +187,7 @@ def test_eight_devices_pick_what_one_device_picks():
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     cases = [line.split() for line in out.stdout.splitlines() if line.startswith("CASE")]
-    assert len(cases) == 11
+    assert len(cases) == 8
     bad = [c[1:3] for c in cases if c[3] != "1" or c[4] != "1"]
     assert not bad, f"8 devices picked other indices than 1 device for {bad}"
     assert "DEVICES 8" in out.stdout
