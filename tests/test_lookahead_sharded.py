@@ -60,7 +60,10 @@ def test_scores_on_s_equal_the_single_device_path_float64():
                             chunk_rows=64)
             s = np.asarray(r.scores.data)
             assert s.dtype == np.float64 and r.chunk_rows == 64 and int(r.info.num_clamped) == 0
-            np.testing.assert_allclose(s[rows], np.asarray(core.scores(state, objective)[0]), rtol=1e-9)
+            # 4e-13 apart at XLA's default CPU optimisation; the suite compiles at level 0
+            # (tests/conftest.py), where 2 of the 60 rows differ by up to 6e-7 (measured): a
+            # maths difference would be O(1), float32 round-off 1e-4
+            np.testing.assert_allclose(s[rows], np.asarray(core.scores(state, objective)[0]), rtol=2e-6)
             assert np.all(np.isinf(s[N_POOL:])) and np.all(np.isfinite(s[:N_POOL]))  # padding, real rows
 
 

@@ -164,9 +164,8 @@ _SCRIPT = textwrap.dedent(
     xl = rng.normal(size=(20, 6)).astype(np.float32)
     yl = rng.integers(0, 4, 20)
     one, eight = pool.pool_mesh(jax.devices()[:1]), pool.pool_mesh()
-    # one case per mesh code path: margin ranks the pool as entropy does (the same sharded
-    # scoring and top-k), and a second key would run the same compiled programs
-    cases = [(n, model, {{}}) for n in ("entropy", "egl", "coreset", "badge", "typiclust")]
+    # one key per case: a second key would run the same compiled programs
+    cases = [(n, model, {{}}) for n in ("entropy", "margin", "egl", "coreset", "badge", "typiclust")]
     cases += [("badge", model, {{"first": "uniform", "bias": False}}), ("bald", dropout, {{"num_samples": 4}}),
               ("badge", model, {{"fast": False}})]
     for name, m, opts in cases:
@@ -187,7 +186,7 @@ def test_eight_devices_pick_what_one_device_picks():
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     cases = [line.split() for line in out.stdout.splitlines() if line.startswith("CASE")]
-    assert len(cases) == 8
+    assert len(cases) == 9
     bad = [c[1:3] for c in cases if c[3] != "1" or c[4] != "1"]
     assert not bad, f"8 devices picked other indices than 1 device for {bad}"
     assert "DEVICES 8" in out.stdout
