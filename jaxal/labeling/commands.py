@@ -128,12 +128,15 @@ def teach_command(args: argparse.Namespace) -> int:
             raise ValueError(f"--from {args.source}: {e.strerror or e}") from None
         if not answers:
             raise ValueError(f"--from {args.source} holds no answers yet (empty label cells are skipped)")
+        before = s.round
         # one call: every answer is checked before any is stored
         new = s.teach([a.index for a in answers], [a.label for a in answers],
                       annotator=[a.annotator or args.annotator for a in answers], time=[a.time for a in answers])
         console = _console()
         console.print(f"{new} new labels ({len(answers) - new} already known), {len(s.labels)} in all, "
                       f"{len(s.pending)} not trained on yet")
+        if s.round != before:
+            console.print(f"retrained (every {s.retrain_every} answers in instant mode): round {s.round}")
         if args.fit and len(s.pending):
             record = s.fit()
             acc = record.get("test_accuracy")
