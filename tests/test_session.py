@@ -4,6 +4,7 @@ fresh look-ahead solve, kills during teach/fit, bad input, and the command line.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -152,6 +153,9 @@ def test_bad_input_is_named_and_stores_nothing(tmp_path, digits):
         Session.create(tmp_path / "a", x, config=config)
     with pytest.raises(SessionError, match="instant mode needs a look-ahead"):
         Session.create(tmp_path / "a", x, num_classes=10, config=config, instant=True)
+    with pytest.raises(SessionError, match="use instant=True"):  # sequential mode would read held labels
+        Session.create(tmp_path / "a", x, num_classes=10, config=dataclasses.replace(config, strategy="mlmoc",
+                                                                                      sequential=True))
     s = Session.create(tmp_path / "a", x, classes=[f"d{k}" for k in range(10)], config=config)
     try:
         with pytest.raises(SessionExistsError):

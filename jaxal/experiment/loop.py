@@ -49,7 +49,7 @@ import glob
 import json
 import os
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -102,6 +102,8 @@ __all__ = [
     "round_key",
     "stop_rows",
     "locked",
+    "checked_module",
+    "with_stop",
     "run",
     "validate",
     "sequential_strategies",
@@ -287,15 +289,30 @@ def preflight(config: ExperimentConfig, datasets: dict | None = None) -> tuple[d
     if config.balanced_init and config.initial_size % int(ds.num_classes):
         raise ValueError(f"balanced_init needs initial_size divisible by the {ds.num_classes} classes, "
                          f"got initial_size={config.initial_size}")
-    module = models_lib.create(
-        config.model, int(ds.num_classes), input_shape=tuple(np.shape(ds.x_train)[1:]), **dict(config.model_options)
-    )
-    shapes = jax.eval_shape(lambda k, x: module.init({"params": k, "dropout": k}, x), jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, *np.shape(ds.x_train)[1:]), np.float32))
     budget = min(config.budget, n_train - config.initial_size) if config.rounds else config.budget
-    check_options(config.strategy, config.strategy_options, config.sequential, budget=max(budget, 1),
-                  model=models_lib.as_model(module, shapes))
+    module = checked_module(config, int(ds.num_classes), tuple(np.shape(ds.x_train)[1:]), max(budget, 1))
     return ds, module
+
+
+def checked_module(config: ExperimentConfig, num_classes: int, input_shape: tuple, budget: int) -> Any:
+    """The config's Flax module for inputs of ``input_shape``, with the strategy's options
+    checked against it and ``budget`` (e.g. BALD needs dropout). Cheap: the module is
+    shape-inferred, not initialised."""
+    module = models_lib.create(config.model, num_classes, input_shape=input_shape, **dict(config.model_options))
+    shapes = jax.eval_shape(lambda k, x: module.init({"params": k, "dropout": k}, x), jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, *input_shape), np.float32))
+    check_options(config.strategy, config.strategy_options, config.sequential, budget=budget,
+                  model=models_lib.as_model(module, shapes))
+    return module
+
+
+def with_stop(state: LoopState, rules: Sequence[Any]) -> tuple[LoopState, str | None]:
+    """``state`` with ``stopped_by`` on its last record when one of ``rules``
+    (:mod:`jaxal.stopping`) fires on its records, and the rule's text (``None``: go on)."""
+    hit = stopping.stop_round(state.records, rules) if rules else None
+    if hit is None:
+        return state, None
+    return state._replace(records=state.records[:-1] + ({**state.records[-1], "stopped_by": hit[1]},)), hit[1]
 
 
 def round_key(root: jax.Array, r: int) -> jax.Array:
@@ -486,11 +503,9 @@ def _run_locked(config: ExperimentConfig, out_dir: str, ds: data_lib.Dataset, mo
             if stopped:
                 break
             check_interrupt()  # a Ctrl-C stops between rounds or training steps (jaxal.interrupt)
-            state, record = round_step(env, state, round_key(root, r))
-            hit = stopping.stop_round(state.records, rules) if rules else None
-            if hit is not None:  # a stopping rule fired: this round is the run's last
-                record, stopped = {**record, "stopped_by": hit[1]}, True
-                state = state._replace(records=state.records[:-1] + (record,))
+            state, _ = round_step(env, state, round_key(root, r))
+            state, rule = with_stop(state, rules)
+            record, stopped = state.records[-1], rule is not None  # a rule fired: this round is the run's last
             if primary:
                 _append_record(rec_path, record)
             emit("recorded", r)

@@ -15,7 +15,6 @@ from typing import Any
 
 from rich.console import Console
 
-from jaxal import stopping
 from jaxal.experiment import protocols
 from jaxal.experiment.config import ExperimentConfig
 from jaxal.experiment.plots import plot_signals
@@ -172,13 +171,9 @@ def status_command(args: argparse.Namespace) -> int:
         for rule, verdict in st["stopping"].items():
             console.print(f"  {rule:<22} {verdict}")
         if s.history:
-            stops = {}
-            for rule in st["stopping"]:
-                at = stopping.where(s.history, rule)
-                if at.stopped:
-                    stops[rule] = at.round
             path = plot_signals(s.history, args.plot or os.path.join(s.directory, "status.png"),
-                                title=f"labeling session {os.path.basename(os.path.abspath(s.directory))}", stops=stops)
+                                title=f"labeling session {os.path.basename(os.path.abspath(s.directory))}",
+                                stops=st["stopped_at"])
             console.print(f"plot: {path}")
         if args.json:
             console.print(json.dumps(st, indent=2), markup=False)

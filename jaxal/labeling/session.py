@@ -56,7 +56,6 @@ from jaxal.labeling.pools import UnlabeledPool, load_pool
 from jaxal.lookahead import core
 from jaxal.lookahead.sequential import Sequential
 from jaxal.ops.random import host_permutation, split
-from jaxal.strategies.base import check_options
 
 __all__ = [
     "Session",
@@ -534,10 +533,8 @@ class Session:
         strategy_state = pq["strategy_state"] if pq else self._state.strategy_state
         state, record = loop.learn_step(self._env, self._state, new, (k_restart, k_train),
                                         strategy_state=strategy_state, info=info)
-        hit = stopping.stop_round(state.records, self.config.stop) if self.config.stop else None
-        if hit is not None:
-            record = {**record, "stopped_by": hit[1]}
-            state = state._replace(records=state.records[:-1] + (record,))
+        state, _ = loop.with_stop(state, self.config.stop)
+        record = state.records[-1]
         ckpt.save(self._path(CHECKPOINT_FILE), **state._asdict(), config=self.config.to_dict(),
                   fingerprint=self.config.fingerprint())
         self._state, self._pending_query, self._seq = state, None, None
@@ -622,12 +619,14 @@ class Session:
     def status(self, rules: Sequence[str] | None = None) -> dict:
         """Labels so far, class counts, the last fit's metrics and signals, and where the
         stopping rules stand (``rules``: default ``config.stop`` plus
-        :data:`jaxal.stopping.DEFAULT_RULES`)."""
+        :data:`jaxal.stopping.DEFAULT_RULES`): ``stopping`` says each rule's verdict,
+        ``stopped_at`` the round of each rule that fired."""
         counts = np.bincount(np.array(list(self._labels.values()), dtype=np.int64), minlength=self.num_classes)
         names = self.classes or tuple(str(c) for c in range(self.num_classes))
         rules = list(rules) if rules is not None else list(self.config.stop) + [
             r for r in stopping.DEFAULT_RULES if r not in self.config.stop]
         last = self.history[-1] if self.history else None
+        points = [stopping.where(self.history, rule) for rule in rules] if last is not None else []
         return {
             "directory": self.directory,
             "pool": self.n,
@@ -640,10 +639,11 @@ class Session:
             "instant": self.instant,
             "heldout_accuracy": None if last is None else last.get("test_accuracy"),
             "signals": {} if last is None else dict(last.get("signals") or {}),
-            "stopping": {} if last is None else {
+            "stopping": {
                 p.rule: (f"stop (fired at round {p.round}, {p.n_labeled} labels)" if p.stopped
                          else "continue" if p.applicable or p.rule.split(":")[0] in _EVERY_RUN_SIGNALS else "n/a")
-                for p in (stopping.where(self.history, rule) for rule in rules)},
+                for p in points},
+            "stopped_at": {p.rule: p.round for p in points if p.stopped},
         }
 
 
@@ -665,11 +665,10 @@ def _check_settings(config: ExperimentConfig, x: np.ndarray, num_classes: int, i
     validate(dataclasses.replace(config, dataset="digits"))  # the pool is the session's own: check the rest
     if config.balanced_init:
         raise SessionError("balanced_init needs the labels of the whole pool, which a labeling session does not have")
-    module = models_lib.create(config.model, num_classes, input_shape=tuple(x.shape[1:]), **dict(config.model_options))
-    shapes = jax.eval_shape(lambda k, a: module.init({"params": k, "dropout": k}, a), jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, *x.shape[1:]), np.float32))
-    check_options(config.strategy, config.strategy_options, False, budget=max(1, min(config.budget, x.shape[0] - 1)),
-                  model=models_lib.as_model(module, shapes))
+    if config.sequential:
+        raise SessionError("sequential=True asks held labels between picks, which a labeling session does not have; "
+                           "use instant=True (the look-ahead conditioned on each real answer)")
+    loop.checked_module(config, num_classes, tuple(x.shape[1:]), max(1, min(config.budget, x.shape[0] - 1)))
     if instant and config.strategy not in INSTANT_STRATEGIES:
         raise SessionError(f"instant mode needs a look-ahead strategy ({', '.join(INSTANT_STRATEGIES)}); "
                            f"got {config.strategy!r}")
