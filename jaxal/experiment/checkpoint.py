@@ -25,12 +25,13 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 from typing import Any, Mapping, NamedTuple
 
 import msgpack
 import numpy as np
 from flax import serialization
+
+from jaxal.atomic import write_atomic  # noqa: F401 - re-exported: this module's writes and its callers'
 
 __all__ = [
     "Checkpoint",
@@ -73,34 +74,6 @@ class Checkpoint(NamedTuple):
     strategy_state: Any
     records: list
     fingerprint: str
-
-
-# --------------------------------------------------------------------------- files
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a mix."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - platforms without directory fsync
-        pass
 
 
 # --------------------------------------------------------------------------- config

@@ -31,10 +31,11 @@ import json
 import operator
 import os
 import re
-import tempfile
 from typing import Any, Iterable, NamedTuple, Sequence
 from urllib.parse import unquote, urlsplit
 from xml.sax.saxutils import escape
+
+from jaxal.atomic import write_atomic
 
 __all__ = [
     "ExchangeError",
@@ -91,24 +92,6 @@ def _error(where: str | None, message: str) -> ExchangeError:
 # --------------------------------------------------------------------------- writing
 
 
-def _write_atomic(path: str, text: str) -> None:
-    """Write ``text`` so that a reader sees the old file or the new one, never half of one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private; annotators' tools need to read it.
-        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _query_rows(indices: Iterable[Any], files: Sequence[str] | None, where: str | None) -> list[int]:
     """The queried rows as Python ints: integers, not negative, inside ``files``, no repeats."""
     rows: list[int] = []
@@ -144,7 +127,7 @@ def write_query_csv(path: str | os.PathLike[str], indices: Sequence[int], *,
     writer.writerow(["index", "file", "label"] if files is not None else ["index", "label"])
     for row in rows:
         writer.writerow([row, os.fspath(files[row]), ""] if files is not None else [row, ""])
-    _write_atomic(path, out.getvalue())
+    write_atomic(path, out.getvalue().encode("utf-8"), shared=True)
     return path
 
 
@@ -475,7 +458,7 @@ def write_label_studio_tasks(path: str | os.PathLike[str], indices: Sequence[int
     """Write :func:`label_studio_tasks` as a JSON file to import (atomically); return the path."""
     path = os.fspath(path)
     tasks = _tasks(indices, files, url_prefix, data_key, path)
-    _write_atomic(path, json.dumps(tasks, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(path, (json.dumps(tasks, indent=2, ensure_ascii=False) + "\n").encode("utf-8"), shared=True)
     return path
 
 
