@@ -67,3 +67,55 @@ def test_bad_input_is_named():
         stochastic_batch(jax.random.key(0), [1.0, np.nan], 1)
     with pytest.raises(ValueError, match="beta"):
         stochastic_batch(jax.random.key(0), SCORES, 1, "power", -1.0)
+
+
+# --------------------------------------------------------------------------- as a strategy option
+
+
+def _tiny_context():
+    import jaxal.models as models_lib
+    from jaxal.training.train import init_variables
+
+    module = models_lib.create("mlp", 3, input_shape=(4,), widths=(8,), dropout_rate=0.3)
+    variables = init_variables(jax.random.key(0), module, np.zeros((1, 4), np.float32))
+    rng = np.random.default_rng(1)
+    pool = rng.normal(size=(40, 4)).astype(np.float32)
+    return models_lib.as_model(module, variables), pool
+
+
+@pytest.mark.parametrize("strategy, mode, beta", [("entropy", "power", 2.0), ("margin", "softrank", 1.0),
+                                                   ("least_confidence", "softmax", 5.0), ("bald", "power", 1.0)])
+def test_score_strategies_sample_their_batch(strategy, mode, beta):
+    """``batch=MODE`` draws the batch from the strategy's own scores, computed here
+    independently with NumPy (BALD from the same dropout masks)."""
+    from jaxal.model import predict_logits
+    from jaxal.strategies import select
+    from jaxal.strategies.bald import bald_scores
+
+    model, pool = _tiny_context()
+    key = jax.random.key(3)
+    common = dict(x_labeled=pool[:0], y_labeled=np.zeros(0, np.int32), x_pool=pool, budget=6)
+    picks = select(strategy, key, model, batch=mode, beta=beta, **common)
+    if strategy == "bald":
+        k_mc, key = jax.random.split(key)
+        scores = np.maximum(np.asarray(bald_scores(model, pool, k_mc, num_samples=20, batch_size=1024)), 0.0)
+    else:
+        z = np.asarray(predict_logits(model, pool), np.float64)
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        top2 = np.sort(p, 1)[:, ::-1][:, :2]
+        scores = {"entropy": -(p * np.log(p)).sum(1), "margin": top2[:, 1] - top2[:, 0],
+                  "least_confidence": 1.0 - p.max(1)}[strategy]
+    np.testing.assert_array_equal(picks, stochastic_batch(key, scores, 6, mode, beta))
+    assert not np.array_equal(np.sort(picks), np.sort(select(strategy, key, model, **common)))  # not top-k
+
+
+def test_batch_options_are_checked():
+    from jaxal.strategies import select
+
+    model, pool = _tiny_context()
+    common = dict(x_labeled=pool[:0], y_labeled=np.zeros(0, np.int32), x_pool=pool, budget=3)
+    for options, message in [({"batch": "gumbel"}, "must be one of"), ({"batch": "power", "beta": -1.0}, "beta"),
+                             ({"beta": 2.0}, "batch=topk has no temperature")]:
+        with pytest.raises(ValueError, match=message):
+            select("entropy", jax.random.key(0), model, **common, **options)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxal.ops.entropy import entropy
-from jaxal.strategies.base import Context, register, top_k_indices, top_k_on_mesh
+from jaxal.strategies.base import BatchMode, Context, batch_options, pick, register, top_k_on_mesh
 from jaxal.validation import check_positive
 
 __all__ = ["bald_from_probs", "bald_scores", "bald"]
@@ -121,6 +121,7 @@ def _check(options: dict, *, budget: int, model: Any = None, sequential: bool = 
         raise ValueError(f"num_samples must be at least 2, got {options['num_samples']}")
     if options.get("params_ensemble") is None and model is not None and not model.stochastic:
         raise ValueError(_DETERMINISTIC)
+    batch_options(options)
 
 
 _DETERMINISTIC = (
@@ -139,8 +140,12 @@ def bald(
     num_samples: int = 20,
     params_ensemble: Sequence[Any] | None = None,
     batch_size: int = 1024,
+    batch: BatchMode = "topk",
+    beta: float = 1.0,
 ) -> np.ndarray:
-    """Top-``budget`` pool points by BALD (MC dropout or an ensemble of params).
+    """Top-``budget`` pool points by BALD (MC dropout or an ensemble of params), or with
+    ``batch="power"`` (PowerBALD), ``"softmax"`` or ``"softrank"`` a batch sampled with
+    temperature ``beta`` (:func:`~jaxal.strategies.base.pick`).
 
     On ``ctx.mesh`` the dropout masks are drawn per pool row (from ``fold_in(key, row)``),
     so they do not depend on how the pool is chunked or sharded: the same indices on any
@@ -151,8 +156,9 @@ def bald(
         samples, mode = _samples(ctx.model, k_mc, num_samples, params_ensemble)
         row_fn = _rows_params if mode == "params" else _rows_keys
         return top_k_on_mesh(k_tie, ctx, budget, row_fn, ctx.model, samples, chunk_rows=batch_size,
-                             row_index=mode == "key")
+                             row_index=mode == "key", batch=batch, beta=beta)
     scores = bald_scores(
         ctx.model, ctx.x_pool, k_mc, num_samples=num_samples, params_ensemble=params_ensemble, batch_size=batch_size
     )
-    return top_k_indices(scores, budget, k_tie)
+    # MI is >= 0 up to float32 round-off: clip for batch="power" (p ∝ s^β needs s >= 0).
+    return pick(np.maximum(np.asarray(scores), 0.0) if batch == "power" else scores, budget, k_tie, batch, beta)

@@ -9,10 +9,10 @@ import numpy as np
 from jaxal.model import predict_logits_then
 from jaxal.ops.entropy import entropy as entropy_of
 from jaxal.ops.random import host_rng
-from jaxal.strategies.base import Context, positive_options, register, top_k_indices, top_k_on_mesh
+from jaxal.strategies.base import BatchMode, Context, pick, positive_options, register, top_k_on_mesh
 
 
-@register("random")
+@register("random", tasks=("classification", "regression"))
 def random(key: jax.Array, ctx: Context, budget: int) -> np.ndarray:
     """Uniformly random distinct pool indices."""
     n = int(np.shape(ctx.x_pool)[0])
@@ -74,31 +74,47 @@ def entropy_from_logits(logits: jax.Array) -> jax.Array:
     return jnp.log(s) - jnp.sum(e * z, axis=-1) / s
 
 
-def _ranked(key: jax.Array, ctx: Context, budget: int, score, batch_size: int) -> np.ndarray:
-    """Top-``budget`` pool rows by ``score(logits)``: on one device, or on ``ctx.mesh``."""
+def _ranked(key: jax.Array, ctx: Context, budget: int, score, batch_size: int, batch: str, beta: float) -> np.ndarray:
+    """The batch by ``score(logits)`` (top-``budget`` or a stochastic batch, :func:`pick`):
+    on one device, or on ``ctx.mesh``."""
     if ctx.mesh is not None:
         return top_k_on_mesh(key, ctx, budget, _logits_score_rows, ctx.model, jax.tree_util.Partial(score),
-                             chunk_rows=batch_size)
-    return top_k_indices(predict_logits_then(ctx.model, ctx.x_pool, score, batch_size), budget, key)
+                             chunk_rows=batch_size, batch=batch, beta=beta)
+    return pick(predict_logits_then(ctx.model, ctx.x_pool, score, batch_size), budget, key, batch, beta)
 
 
 def _logits_score_rows(model, score, xb: jax.Array) -> jax.Array:
     return score(model.apply(model.params, xb, None))
 
 
-@register("least_confidence", check=positive_options("batch_size"))
-def least_confidence(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
-    """Top-``budget`` pool points by ``1 - max_c p_c`` (ties broken at random)."""
-    return _ranked(key, ctx, budget, least_confidence_from_logits, batch_size)
+# Each score strategy takes ``batch`` / ``beta``: ``batch="topk"`` keeps the ``budget``
+# best scores; "power", "softmax" or "softrank" samples the batch with temperature
+# ``beta`` (Kirsch et al., 2023: fewer near-copies in one batch; base.pick).
 
 
-@register("margin", check=positive_options("batch_size"))
-def margin(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
-    """Top-``budget`` pool points by the smallest gap between the two likeliest classes."""
-    return _ranked(key, ctx, budget, margin_from_logits, batch_size)
+@register("least_confidence", check=positive_options("batch_size", batch=True))
+def least_confidence(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096,
+                     batch: BatchMode = "topk", beta: float = 1.0) -> np.ndarray:
+    """Pool points by ``1 - max_c p_c`` (ties broken at random); ``batch``/``beta``: :func:`~jaxal.strategies.base.pick`."""
+    return _ranked(key, ctx, budget, least_confidence_from_logits, batch_size, batch, beta)
 
 
-@register("entropy", check=positive_options("batch_size"))
-def entropy(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096) -> np.ndarray:
-    """Top-``budget`` pool points by predictive entropy (ties broken at random)."""
-    return _ranked(key, ctx, budget, entropy_from_logits, batch_size)
+@register("margin", check=positive_options("batch_size", batch=True))
+def margin(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096,
+           batch: BatchMode = "topk", beta: float = 1.0) -> np.ndarray:
+    """Pool points by the smallest gap between the two likeliest classes; ``batch``/``beta``:
+    :func:`~jaxal.strategies.base.pick` (``power`` samples ``∝ (1 − p₁ + p₂)^β``)."""
+    return _ranked(key, ctx, budget, _one_minus_gap if batch == "power" else margin_from_logits, batch_size,
+                   batch, beta)
+
+
+def _one_minus_gap(logits: jax.Array) -> jax.Array:
+    """``1 − (p₁ − p₂) ∈ [0, 1]``: margin's ranking, and ``>= 0`` as ``batch="power"`` needs."""
+    return 1.0 + margin_from_logits(logits)
+
+
+@register("entropy", check=positive_options("batch_size", batch=True))
+def entropy(key: jax.Array, ctx: Context, budget: int, *, batch_size: int = 4096,
+            batch: BatchMode = "topk", beta: float = 1.0) -> np.ndarray:
+    """Pool points by predictive entropy (ties broken at random); ``batch``/``beta``: :func:`~jaxal.strategies.base.pick`."""
+    return _ranked(key, ctx, budget, entropy_from_logits, batch_size, batch, beta)
