@@ -360,7 +360,8 @@ def _fmt_mean(values: list[float], digits: int = 3) -> str:
 
 
 def results_table(results: dict[str, list[list[dict]]], title: str | None = None):
-    """A rich Markdown-style table: round, labeled, accuracy per strategy, train and query seconds.
+    """A rich Markdown-style table: round, labeled, accuracy (regression: RMSE) per
+    strategy, train and query seconds.
 
     ``results`` maps strategy -> list of record lists (one per seed); cells with
     several seeds show ``mean ± std``.
@@ -369,12 +370,17 @@ def results_table(results: dict[str, list[list[dict]]], title: str | None = None
     from rich.markup import escape
     from rich.table import Table
 
+    from jaxal.experiment.records import ACCURACY, headline_metric
+
+    metric = headline_metric(results)
+    short = "acc" if metric == ACCURACY else metric.name.lower()
+
     strategies = list(results)
     table = Table(title=title, box=box.MARKDOWN, title_justify="left")
     table.add_column("round", justify="right")
     table.add_column("labeled", justify="right")
     for s in strategies:
-        table.add_column(escape(f"acc {s}"), justify="right")
+        table.add_column(escape(f"{short} {s}"), justify="right")
     table.add_column("train s", justify="right")
     for s in strategies:
         table.add_column(escape(f"query s {s}"), justify="right")
@@ -384,7 +390,7 @@ def results_table(results: dict[str, list[list[dict]]], title: str | None = None
         every = [r for rs in at.values() for r in rs]
         labeled = sorted({int(r["n_labeled"]) for r in every})
         row = [str(k), "/".join(map(str, labeled))]
-        row += [_fmt_mean([r["test_accuracy"] for r in at[s]]) for s in strategies]
+        row += [_fmt_mean([r[metric.key] for r in at[s]]) for s in strategies]
         row.append(_fmt_mean([r["train_seconds"] for r in every], 2).split(" ±")[0])
         row += [_fmt_mean([r["query_seconds"] for r in at[s]], 2).split(" ±")[0] if k > 0 else "-" for s in strategies]
         table.add_row(*row)
@@ -398,9 +404,10 @@ def run_command(args: argparse.Namespace) -> int:
 
     from jaxal import distributed
     from jaxal.experiment.grid import label_of
-    from jaxal.experiment.loop import run
+    from jaxal.experiment.loop import headline, run
     from jaxal.experiment.plots import plot_learning_curves
     from jaxal.experiment.protocols import describe
+    from jaxal.experiment.records import headline_metric
 
     primary = distributed.is_primary()
     console = Console(soft_wrap=True, highlight=False, quiet=not primary)  # process 0 speaks for the job
@@ -451,18 +458,19 @@ def run_command(args: argparse.Namespace) -> int:
             console.print(
                 f"  {escape(label):>16} seed {c.seed}: {len(records)} rounds, {last['n_labeled']} labels"
                 + (f" (stopped by {last['stopped_by']})" if last.get("stopped_by") else "") + ", "
-                f"test accuracy {last['test_accuracy']:.3f}  ({time.perf_counter() - t0:.1f} s, "
+                f"test {headline(last)}  ({time.perf_counter() - t0:.1f} s, "
                 f"{sum(r.get('train_compile_seconds', 0.0) + r.get('query_compile_seconds', 0.0) for r in records):.1f} s"
                 " of it compiling)",
                 highlight=False,
             )
     if not primary:
         return 0  # process 0 prints the table and draws the plot
-    table = results_table(results, title=f"test accuracy per round ({c0.dataset}, {c0.model})")
+    metric = headline_metric(results)
+    table = results_table(results, title=f"test {metric.name} per round ({c0.dataset}, {c0.model})")
     # Never wrap the table: it is meant to be pasted into a lab notebook as Markdown.
     needed = sum(max(len(str(col.header)), 14) + 3 for col in table.columns) + 1
     Console(width=max(console.width, needed), highlight=False).print("\n", table)
-    plot = plot_learning_curves(dirs, os.path.join(out, "learning_curve.png"))
+    plot = plot_learning_curves(dirs, os.path.join(out, "learning_curve.png"), metric=metric.key)
     console.print(f"plot:    {plot}", highlight=False)
     console.print(f"records: {os.path.join(out, '<strategy>', 'seed<k>', 'records.jsonl')}", highlight=False)
     return 0
@@ -632,7 +640,7 @@ def compare_command(args: argparse.Namespace) -> int:
 def _print_report(console: Any, report: Any) -> None:
     from jaxal.experiment.report import aubc_markdown
 
-    table = aubc_markdown(report.rows, report.penalty)
+    table = aubc_markdown(report.rows, report.penalty, metric=report.meta["metric"])
     Console = type(console)
     Console(width=max(console.width, max(len(line) for line in table.splitlines()) + 1), highlight=False).print(
         "\n" + table + "\n", markup=False

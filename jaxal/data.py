@@ -11,7 +11,12 @@ Every loader returns a :class:`Dataset` of numpy arrays: ``x`` float32 ``[n, ...
   through ``tfds.data_source`` (ArrayRecord, no TensorFlow): images -> ``[n, H, W,
   C]`` scaled to [0, 1] and standardised per channel; options ``max_train`` /
   ``max_test`` keep the first records; ``data_dir`` points TFDS at its files.
-- a local ``*.npz`` holding ``x_train, y_train, x_test, y_test`` (used as stored).
+- a local ``*.npz`` holding ``x_train, y_train, x_test, y_test`` (used as stored);
+  float targets with fractional values (or option ``task="regression"``) make it a
+  regression set, targets standardised with the training mean and std.
+- regression sets (``task="regression"``, float32 targets ``[n]`` standardised with
+  the training statistics, ``num_classes`` = 1 output): ``diabetes``, ``friedman1``,
+  ``friedman2``, ``friedman3``, ``digits_angle`` (:mod:`jaxal.data_regression`).
 
 Redundant copies (any data set): options ``copies=c`` and ``copy_noise=s`` make a
 redundancy-prone pool, as in real collections holding near-duplicates. The training
@@ -30,10 +35,14 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
+from jaxal import data_regression
 from jaxal.ops.random import host_permutation, split
-from jaxal.validation import check_finite, check_label_values, check_labels, check_nonempty, check_same_length
+from jaxal.validation import check_choice, check_finite, check_label_values, check_labels, check_nonempty, check_same_length
 
-__all__ = ["Dataset", "names", "load", "with_copies", "initial_indices", "subsample", "TFDS_NUM_CLASSES"]
+__all__ = ["Dataset", "names", "load", "with_copies", "initial_indices", "subsample", "TFDS_NUM_CLASSES", "TASKS",
+           "regression_dataset"]
+
+TASKS = ("classification", "regression")
 
 TFDS_NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "svhn_cropped": 10, "cifar10": 10, "cifar100": 100}
 
@@ -44,10 +53,12 @@ class Dataset(NamedTuple):
     Attributes:
       name: the name it was loaded by.
       x_train: float32 ``[n, ...]``.
-      y_train: int32 ``[n]`` in ``[0, num_classes)``.
+      y_train: int32 ``[n]`` in ``[0, num_classes)`` (classification), or float32
+        ``[n]`` / ``[n, D]`` targets (regression).
       x_test: float32 ``[m, ...]``.
-      y_test: int32 ``[m]``.
-      num_classes: ``C``.
+      y_test: like ``y_train``.
+      num_classes: ``C`` classes, or ``D`` real outputs for regression.
+      task: ``"classification"`` or ``"regression"``.
     """
 
     name: str
@@ -56,6 +67,7 @@ class Dataset(NamedTuple):
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    task: str = "classification"
 
 
 def _standardise(x_train: np.ndarray, x_test: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +89,46 @@ def _finish(name: str, x_train, y_train, x_test, y_test, num_classes: int | None
     guess doubtful (a class in ``[0, C)`` with no training example, a test label the
     training set never shows): pass ``num_classes`` to confirm ``C``.
     """
+    x_train, x_test = _checked_inputs(x_train, y_train, x_test, y_test)
+    y_train = check_label_values("y_train", y_train)
+    y_test = check_label_values("y_test", y_test)
+    if num_classes is None:
+        num_classes = _infer_num_classes(y_train, y_test)
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    check_labels("y_train", y_train, num_classes)
+    check_labels("y_test", y_test, num_classes)
+    return Dataset(name, x_train, np.asarray(y_train).astype(np.int32), x_test, np.asarray(y_test).astype(np.int32),
+                   int(num_classes))
+
+
+def regression_dataset(name: str, x_train: Any, y_train: Any, x_test: Any, y_test: Any, *,
+                       standardise_targets: bool = True) -> Dataset:
+    """A regression :class:`Dataset` from arrays: float32 inputs as given, targets
+    ``[n]`` or ``[n, D]`` (standardised with the training mean and std unless
+    ``standardise_targets=False``), ``num_classes = D``, ``task="regression"``."""
+    x_train, x_test = _checked_inputs(x_train, y_train, x_test, y_test)
+    ys = []
+    for n, y in (("y_train", y_train), ("y_test", y_test)):
+        a = np.asarray(y)
+        if a.dtype.kind not in "fiub" or a.ndim not in (1, 2):
+            raise ValueError(f"{n} must be real-valued regression targets [n] or [n, D], got {a.dtype} {a.shape}")
+        check_finite(n, a)
+        ys.append(a.astype(np.float64))
+    y_tr, y_te = ys
+    if y_tr.shape[1:] != y_te.shape[1:]:
+        raise ValueError(f"y_train targets {y_tr.shape[1:]} and y_test targets {y_te.shape[1:]} differ in shape")
+    if standardise_targets:
+        mean, std = y_tr.mean(axis=0), y_tr.std(axis=0)
+        std = np.where(std > 0, std, 1.0)
+        y_tr, y_te = (y_tr - mean) / std, (y_te - mean) / std
+    outputs = 1 if y_tr.ndim == 1 else int(y_tr.shape[1])
+    return Dataset(name, x_train, y_tr.astype(np.float32), x_test, y_te.astype(np.float32), outputs, "regression")
+
+
+def _checked_inputs(x_train, y_train, x_test, y_test) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs as float32 after the checks every data set needs (numbers, non-empty,
+    matching lengths and example shapes, finite)."""
     for n, a in (("x_train", x_train), ("x_test", x_test)):
         if np.asarray(a).dtype.kind in "USOV":
             raise ValueError(f"{n} holds {np.asarray(a).dtype} values: inputs must be numbers")
@@ -91,16 +143,7 @@ def _finish(name: str, x_train, y_train, x_test, y_test, num_classes: int | None
         raise ValueError(f"x_train examples {x_train.shape[1:]} and x_test examples {x_test.shape[1:]} differ in shape")
     check_finite("x_train", x_train)
     check_finite("x_test", x_test)
-    y_train = check_label_values("y_train", y_train)
-    y_test = check_label_values("y_test", y_test)
-    if num_classes is None:
-        num_classes = _infer_num_classes(y_train, y_test)
-    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    check_labels("y_train", y_train, num_classes)
-    check_labels("y_test", y_test, num_classes)
-    return Dataset(name, x_train, np.asarray(y_train).astype(np.int32), x_test, np.asarray(y_test).astype(np.int32),
-                   int(num_classes))
+    return x_train, x_test
 
 
 def _infer_num_classes(y_train: np.ndarray, y_test: np.ndarray) -> int:
@@ -244,7 +287,7 @@ def _online(host: str = _DOWNLOAD_HOST, timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_npz(path: str, num_classes: int | None = None) -> Dataset:
+def _load_npz(path: str, num_classes: int | None = None, task: str | None = None) -> Dataset:
     if not os.path.exists(path):
         raise ValueError(f"no such .npz file: {path}")
     with open(path, "rb") as f:
@@ -264,6 +307,17 @@ def _load_npz(path: str, num_classes: int | None = None) -> Dataset:
             arrays = {k: np.asarray(f[k]) for k in required}
         except ValueError as e:  # object arrays need pickles, which are never loaded
             raise ValueError(f"{path}: {e}; save plain numeric arrays (labels as integers 0..C-1)") from None
+    if task is not None:
+        check_choice("task", task, TASKS)
+    else:  # fractional float targets cannot be class labels
+        y = np.concatenate([np.ravel(arrays["y_train"]), np.ravel(arrays["y_test"])])
+        fractional = y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.any(y != np.round(y))
+        task = "regression" if fractional else "classification"
+    if task == "regression":
+        if num_classes is not None:
+            raise ValueError("num_classes is for classification; a regression set has as many outputs as its "
+                             "targets have columns")
+        return regression_dataset(os.path.basename(path), *(arrays[k] for k in required))
     return _finish(os.path.basename(path), arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                    num_classes)
 
@@ -272,6 +326,7 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
     "digits": _load_digits,
     "mnist1d": _load_mnist1d,
     **{name: (lambda name: lambda **kw: _load_tfds(name, **kw))(name) for name in TFDS_NUM_CLASSES},
+    **data_regression.LOADERS,
 }
 
 
@@ -360,12 +415,22 @@ def _load(name: str, seed: int, data_dir: str | None, options: dict) -> Dataset:
         loader, args = _load_tfds, {"name": name, "seed": seed, "data_dir": data_dir}
     else:
         loader, args = _LOADERS[name], {"seed": seed}
+    if name in data_regression.LOADERS:
+        _check_loader_options(name, loader, options)
+        x_tr, y_tr, x_te, y_te = loader(seed=seed, **options)
+        axes = (0,) if np.ndim(x_tr) == 2 else (0, 1, 2)
+        x_tr, x_te = _standardise(np.asarray(x_tr, np.float32), np.asarray(x_te, np.float32), axes=axes)
+        return regression_dataset(name, x_tr, y_tr, x_te, y_te)
+    _check_loader_options(name, loader, options)
+    return loader(name, **options) if loader is _load_npz else loader(**args, **options)
+
+
+def _check_loader_options(name: str, loader: Callable[..., Any], options: dict) -> None:
     accepted = [p for p in inspect.signature(loader).parameters if p not in ("name", "seed", "data_dir", "path")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"dataset {name!r} takes no option {', '.join(unknown)}; its options: "
                          f"{', '.join(accepted + ['copies', 'copy_noise'])}")
-    return loader(name, **options) if loader is _load_npz else loader(**args, **options)
 
 
 def _check_size(size: Any, n: int) -> int:
@@ -386,9 +451,12 @@ def initial_indices(key: jax.Array, y: Any, size: int, *, balanced: bool = False
     ``num_classes`` or ``max(y) + 1``.
     """
     y = np.asarray(y)
-    if y.ndim != 1 or y.size == 0:
-        raise ValueError(f"y must be non-empty 1-D labels, got shape {y.shape}")
+    if y.ndim == 0 or y.size == 0 or (y.ndim != 1 and not balanced):
+        raise ValueError(f"y must be non-empty labels [n] or regression targets [n, D], got shape {y.shape}")
     size = _check_size(size, y.shape[0])
+    if balanced and y.dtype.kind == "f" and np.any(y != np.round(y)):
+        raise ValueError("a balanced initial set needs class labels; these are real-valued regression targets "
+                         "(use balanced=False)")
     if not balanced:
         return np.sort(host_permutation(key, y.shape[0])[:size]).astype(np.int64)
     c = int(y.max()) + 1 if num_classes is None else int(num_classes)

@@ -321,15 +321,17 @@ def create(name: str, num_classes: int, *, input_shape: Sequence[int], **options
 
     Args:
       name: one of :func:`names` (``"mlp"``, ``"cnn"``, ``"resnet18"``, ``"wrn"``).
-      num_classes: number of logits ``C`` (>= 2).
+      num_classes: number of logits ``C`` (>= 2), or of real outputs ``D >= 1`` for a
+        regression head (trained with the squared loss ``"mse"``).
       input_shape: shape of one example without the batch axis, e.g. ``(64,)``,
         ``(40,)`` or ``(32, 32, 3)``; checked against what the network accepts.
       **options: the network's own attributes (``widths``, ``dropout_rate``,
         ``channels``, ``hidden``, ``depth``, ``widen_factor``).
     """
     check_choice("model", name, _REGISTRY)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int,)) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int,)) or num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1 (>= 2 classes, or D >= 1 regression outputs), "
+                         f"got {num_classes!r}")
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s <= 0 for s in shape):
         raise ValueError(f"input_shape must be a non-empty shape of positive sizes, got {input_shape!r}")

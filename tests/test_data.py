@@ -100,7 +100,8 @@ def test_npz_round_trip_and_missing_keys(tmp_path):
 
 
 def test_unknown_dataset_lists_names():
-    with pytest.raises(ValueError, match="valid: cifar10, cifar100, digits, fashion_mnist, mnist, mnist1d, svhn_cropped"):
+    with pytest.raises(ValueError, match="valid: cifar10, cifar100, diabetes, digits, digits_angle, fashion_mnist, friedman1, friedman2, "
+                                         "friedman3, mnist, mnist1d, svhn_cropped"):
         data.load("imagenet")
     with pytest.raises(ValueError, match="takes no option num_samples; its options: test_fraction"):
         data.load("digits", num_samples=3)

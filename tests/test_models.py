@@ -131,7 +131,8 @@ def test_registry_and_bad_input():
     with pytest.raises(ValueError, match="input_shape"):
         models.create("resnet18", 10, input_shape=(64,))
     with pytest.raises(ValueError, match="num_classes"):
-        models.create("mlp", 1, input_shape=(64,))
+        models.create("mlp", 0, input_shape=(64,))
+    assert models.create("mlp", 1, input_shape=(64,)).num_classes == 1  # a regression head
     with pytest.raises(ValueError, match="takes no option width; its options: widths, dropout_rate"):
         models.create("mlp", 10, input_shape=(64,), width=3)
     with pytest.raises(ValueError, match="depth"):

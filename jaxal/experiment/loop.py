@@ -49,7 +49,7 @@ import glob
 import json
 import os
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -77,6 +77,7 @@ from jaxal.ops.random import split
 from jaxal.strategies.base import as_query, check_options, make_context, sequential_mode
 from jaxal.training import augment, ssl
 from jaxal.training.train import (
+    TrainConfig,
     TrainResult,
     evaluate,
     init_variables,
@@ -88,6 +89,9 @@ from jaxal.validation import check_budget
 
 __all__ = [
     "ExperimentConfig",
+    "check_regression",
+    "train_config_of",
+    "headline",
     "RunExistsError",
     "RunLockedError",
     "preflight",
@@ -145,6 +149,8 @@ class LoopEnv(NamedTuple):
       memory_bytes: bound on what a strategy caches for the pool on the mesh.
       stop_rows: rows of ``x_train`` forming the stop set the round signals are measured on
         (:mod:`jaxal.experiment.signals`; ``None``: drawn from ``root``).
+      task: ``"classification"``, or ``"regression"`` (real targets, ``num_classes``
+        outputs trained with the squared loss ``"mse"``; records carry ``test_rmse``).
     """
 
     config: ExperimentConfig
@@ -161,6 +167,7 @@ class LoopEnv(NamedTuple):
     mesh: Any = None
     memory_bytes: int | None = None
     stop_rows: np.ndarray | None = None
+    task: str = "classification"
 
 
 def stop_rows(root: jax.Array, n: int) -> np.ndarray:
@@ -286,23 +293,50 @@ def preflight(config: ExperimentConfig, datasets: dict | None = None) -> tuple[d
     ds = _dataset(config, datasets)
     n_train = int(np.shape(ds.x_train)[0])
     check_sizes(config, n_train)
+    task = getattr(ds, "task", "classification")
+    if task == "regression":
+        check_regression(config)
+    elif config.train.loss == "mse":
+        raise ValueError(f"loss 'mse' is for regression targets; {config.dataset!r} is a classification set "
+                         "(train with cross_entropy or squared)")
     if config.balanced_init and config.initial_size % int(ds.num_classes):
         raise ValueError(f"balanced_init needs initial_size divisible by the {ds.num_classes} classes, "
                          f"got initial_size={config.initial_size}")
     budget = min(config.budget, n_train - config.initial_size) if config.rounds else config.budget
-    module = checked_module(config, int(ds.num_classes), tuple(np.shape(ds.x_train)[1:]), max(budget, 1))
+    module = checked_module(config, int(ds.num_classes), tuple(np.shape(ds.x_train)[1:]), max(budget, 1), task)
     return ds, module
 
 
-def checked_module(config: ExperimentConfig, num_classes: int, input_shape: tuple, budget: int) -> Any:
+def check_regression(config: ExperimentConfig) -> None:
+    """What a regression run cannot do: class-balanced initial sets, semi-supervised
+    trainers (their pseudo-labels are classes)."""
+    if config.balanced_init:
+        raise ValueError("balanced_init needs classes; this data set has real-valued regression targets")
+    if config.trainer != "supervised":
+        raise ValueError(f"trainer {config.trainer!r} is semi-supervised with class pseudo-labels; a regression "
+                         "run trains with trainer='supervised'")
+
+
+def train_config_of(config: ExperimentConfig, task: str) -> TrainConfig:
+    """The training settings of a run: ``config.train``, with the loss ``"mse"`` for a
+    regression set: a protocol's ``squared`` (one-hot targets) becomes the squared error
+    to the real targets, and ``cross_entropy`` has no meaning there. The protocol's other
+    settings (``target_loss``, ``max_epochs``, warm start) carry over."""
+    if task == "regression" and config.train.loss != "mse":
+        return dataclasses.replace(config.train, loss="mse")
+    return config.train
+
+
+def checked_module(config: ExperimentConfig, num_classes: int, input_shape: tuple, budget: int,
+                   task: str = "classification") -> Any:
     """The config's Flax module for inputs of ``input_shape``, with the strategy's options
-    checked against it and ``budget`` (e.g. BALD needs dropout). Cheap: the module is
-    shape-inferred, not initialised."""
+    checked against it and ``budget`` (e.g. BALD needs dropout) and the ``task``.
+    Cheap: the module is shape-inferred, not initialised."""
     module = models_lib.create(config.model, num_classes, input_shape=input_shape, **dict(config.model_options))
     shapes = jax.eval_shape(lambda k, x: module.init({"params": k, "dropout": k}, x), jax.random.key(0),
                             jax.ShapeDtypeStruct((1, *input_shape), np.float32))
     check_options(config.strategy, config.strategy_options, config.sequential, budget=budget,
-                  model=models_lib.as_model(module, shapes))
+                  model=models_lib.as_model(module, shapes), task=task)
     return module
 
 
@@ -313,6 +347,13 @@ def with_stop(state: LoopState, rules: Sequence[Any]) -> tuple[LoopState, str | 
     if hit is None:
         return state, None
     return state._replace(records=state.records[:-1] + ({**state.records[-1], "stopped_by": hit[1]},)), hit[1]
+
+
+def headline(record: Mapping[str, Any]) -> str:
+    """A round's test result in a few characters: ``acc 0.912`` or, for regression, ``rmse 0.431``."""
+    if record.get("task") == "regression":
+        return "rmse –" if record.get("test_rmse") is None else f"rmse {record['test_rmse']:.3f}"
+    return "acc –" if record.get("test_accuracy") is None else f"acc {record['test_accuracy']:.3f}"
 
 
 def round_key(root: jax.Array, r: int) -> jax.Array:
@@ -463,6 +504,7 @@ def _run_locked(config: ExperimentConfig, out_dir: str, ds: data_lib.Dataset, mo
         mesh=mesh,
         memory_bytes=memory_bytes,
         stop_rows=stop_rows(root, int(x_train.shape[0])),
+        task=getattr(ds, "task", "classification"),
     )
     fingerprint = config.fingerprint()
     config_dict = config.to_dict()
@@ -514,7 +556,7 @@ def _run_locked(config: ExperimentConfig, out_dir: str, ds: data_lib.Dataset, mo
             # every process labeled the same points (and process 0 has saved them)
             distributed.agree("round", {"round": r, "labeled": _digest(state.labeled)})
             emit("checkpointed", r)
-            update(advance=1, status=f"labeled {len(state.labeled)}  acc {record['test_accuracy']:.3f}")
+            update(advance=1, status=f"labeled {len(state.labeled)}  {headline(record)}")
     check_interrupt()  # a Ctrl-C during the last round is not lost
     return list(state.records)
 
@@ -620,17 +662,22 @@ def learn_step(
     test_acc = test_loss = None
     if env.x_test is not None:
         test_acc, test_loss = evaluate(
-            env.module, result.variables, env.x_test, env.y_test, env.num_classes, config.train.loss
+            env.module, result.variables, env.x_test, env.y_test, env.num_classes, train_config_of(config, env.task).loss
         )
     env.emit("trained", r)
     signals = signals_step(env, state, result.variables, labeled, r, info)
 
+    regression = env.task == "regression"
     record = {
         "round": r,
         "n_labeled": len(labeled),
-        "test_accuracy": None if test_acc is None else float(test_acc),
+        "test_accuracy": None if test_acc is None or regression else float(test_acc),
         "test_loss": None if test_loss is None else float(test_loss),
-        "train_accuracy": float(result.train_accuracy),
+        **({"task": "regression",
+            "test_rmse": None if test_loss is None else float(np.sqrt(test_loss)),
+            "test_mae": None if test_acc is None else float(test_acc),
+            "train_mae": float(result.train_accuracy)} if regression else {}),
+        "train_accuracy": None if regression else float(result.train_accuracy),
         "train_loss": float(result.train_loss),
         "train_epochs": int(result.epochs),
         "reached_target": bool(result.reached_target),
@@ -654,6 +701,13 @@ def signals_step(env: LoopEnv, state: LoopState, variables: Any, labeled: np.nda
     the previous round's (``state.variables``) on the stop set, and the query's own."""
     rows = env.stop_rows if env.stop_rows is not None else stop_rows(env.root, int(env.x_train.shape[0]))
     x_stop = env.x_train[rows]
+    if env.task == "regression":
+        now = signals_lib.predict_outputs(env.module, variables, x_stop)
+        before = signals_lib.predict_outputs(env.module, state.variables, x_stop) if r > 0 else None
+        out = signals_lib.regression_signals(now, before, ~np.isin(rows, labeled))
+        previous_scale = float(np.mean(np.linalg.norm(before, axis=-1))) if before is not None else None
+        out.update(signals_lib.query_signals(info, previous_scale, int(labeled.shape[0])))
+        return out
     current = signals_lib.predict_stop_set(env.module, variables, x_stop)
     previous = signals_lib.predict_stop_set(env.module, state.variables, x_stop) if r > 0 else None
     unlabeled = ~np.isin(rows, labeled)
@@ -678,7 +732,7 @@ def _augment_name(dataset: str) -> str:
 def fit_step(env: LoopEnv, key: jax.Array, variables: Any, labeled: np.ndarray, r: int) -> TrainResult:
     """Train on the labeled rows (and, for a semi-supervised trainer, the unlabeled ones)."""
     config = env.config
-    train_config = config.train
+    train_config = train_config_of(config, env.task)
     if r > 0 and config.retrain_inference_mode:
         train_config = dataclasses.replace(train_config, inference_mode=True)
     x, y = env.x_train, env.y_train
@@ -714,6 +768,7 @@ def query_step(env: LoopEnv, state: LoopState, k_candidates: jax.Array, k_query:
         round=state.round,
         mesh=env.mesh,
         memory_bytes=env.memory_bytes,
+        task=env.task,
     )
     options = dict(config.strategy_options)
     if config.sequential:

@@ -158,8 +158,9 @@ def plot_differences(
     reference: str = "random",
     title: str | None = None,
     level: float = 0.95,
+    metric: str = "accuracy",
 ) -> str:
-    """Accuracy minus the reference's (paired per seed), mean and ``level`` CI band.
+    """``metric`` (accuracy) minus the reference's (paired per seed), mean and ``level`` CI band.
 
     The look-ahead paper's Figure 2 style; zero is the reference. Returns ``path``.
     """
@@ -175,7 +176,7 @@ def plot_differences(
         ax.plot(n, mean, marker="o", markersize=2.5, color=colours[label], label=label)
         ax.fill_between(n, mean - half, mean + half, color=colours[label], alpha=0.15, linewidth=0)
     ax.set_xlabel("labeled examples")
-    ax.set_ylabel(f"accuracy − {reference}")
+    ax.set_ylabel(f"{metric} − {reference}")
     ax.set_title(title or f"difference to {reference}, paired over seeds, mean and {level:.0%} CI")
     ax.grid(alpha=0.3)
     _legend_outside(ax)

@@ -32,6 +32,10 @@ import numpy as np
 from jaxal.experiment.stats import aubc, aubc_trapezoid, mean_ci, paired_pvalue
 
 __all__ = [
+    "Metric",
+    "ACCURACY",
+    "RMSE",
+    "headline_metric",
     "load_records",
     "as_records",
     "group_by_strategy",
@@ -197,6 +201,38 @@ def load_runs(paths: Iterable[str | os.PathLike]) -> Runs:
     return runs
 
 
+class Metric(NamedTuple):
+    """The test metric a comparison is judged by: the record field, its name for
+    tables and plots, and its direction."""
+
+    key: str
+    name: str
+    higher_is_better: bool
+
+
+ACCURACY = Metric("test_accuracy", "accuracy", True)
+RMSE = Metric("test_rmse", "RMSE", False)
+
+
+def headline_metric(runs: Any) -> Metric:
+    """:data:`ACCURACY`, or :data:`RMSE` when the records come from a regression run
+    (``"task": "regression"``). ``runs``: ``runs[label][seed] = records``, a list of
+    record lists, or one run's records."""
+    def records_of(obj: Any):
+        if isinstance(obj, Mapping):
+            if "n_labeled" in obj:
+                yield obj
+                return
+            for v in obj.values():
+                yield from records_of(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                yield from records_of(v)
+
+    first = next(records_of(runs), None)
+    return RMSE if first is not None and first.get("task") == "regression" else ACCURACY
+
+
 def to_curves(runs: Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]], metric: str = "test_accuracy") -> Curves:
     """``runs[label][seed] = records`` -> ``curves[label][seed][n_labeled] = metric``."""
     out: Curves = {}
@@ -319,6 +355,7 @@ def aubc_rows(
     reference: str | None = "random",
     budgets: Sequence[int] | None = None,
     level: float = 0.95,
+    higher_is_better: bool = True,
 ) -> tuple[list[AubcRow], list[int]]:
     """AUBC per label with confidence intervals and a paired test against the reference.
 
@@ -327,7 +364,8 @@ def aubc_rows(
     of favouring some.
 
     Returns:
-      ``(rows sorted by AUBC, best first, budgets used)``.
+      ``(rows sorted by AUBC, best first, budgets used)``; best is the lowest AUBC with
+      ``higher_is_better=False`` (an error metric such as RMSE).
     """
     budgets = shared_budgets(curves) if budgets is None else sorted(int(b) for b in budgets)
     if not budgets:
@@ -356,5 +394,5 @@ def aubc_rows(
                 diff, diff_h = mean_ci(np.subtract(a, b), level)
                 p = paired_pvalue(a, b)
         rows.append(AubcRow(label, len(per_seed[label]), m, h, tm, th, diff, diff_h, p))
-    rows.sort(key=lambda r: (-r.aubc, r.label))
+    rows.sort(key=lambda r: (-r.aubc if higher_is_better else r.aubc, r.label))
     return rows, budgets

@@ -15,6 +15,10 @@ writes into one directory:
 - ``summary.md``: the AUBC table, the penalty column means, the stopping rules and the
   notes (what was skipped and why).
 
+Regression runs (records with ``"task": "regression"``) are judged by ``test_rmse``
+instead of accuracy: lower is better, so the AUBC ranks, the verdicts and the penalty
+matrix's wins turn round (:func:`jaxal.experiment.records.headline_metric`).
+
 Without a ``random`` arm the difference curves, the p-values and the penalty matrix
 are skipped (the penalty budgets are defined by random's saturation) and the summary
 says so. The numbers come from :mod:`jaxal.experiment.records` and :mod:`jaxal.experiment.stats`,
@@ -78,12 +82,12 @@ def _fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def verdict(row: ev.AubcRow, alpha: float = 0.05) -> str:
+def verdict(row: ev.AubcRow, alpha: float = 0.05, higher_is_better: bool = True) -> str:
     """``better`` / ``worse`` than the reference when the paired test rejects at ``alpha``, else ``n.s.``."""
     if math.isnan(row.pvalue):
         return "–"
     if row.pvalue < alpha:
-        return "better" if row.diff > 0 else "worse"
+        return "better" if (row.diff > 0) == higher_is_better else "worse"
     return "n.s."
 
 
@@ -126,18 +130,19 @@ def write_penalty_csv(pm: PenaltyMatrix, path: str | os.PathLike) -> str:
 
 
 def aubc_markdown(rows: Sequence[ev.AubcRow], penalty: PenaltyMatrix | None = None, *, reference: str = "random",
-                  alpha: float = 0.05) -> str:
+                  alpha: float = 0.05, metric: ev.Metric = ev.ACCURACY) -> str:
     """The AUBC table as Markdown: AUBC ± 95% CI, trapezoid AUBC, Δ and p vs the
     reference, the verdict and (when computed) the penalty column mean."""
     col_mean = {} if penalty is None else dict(zip(penalty.strategies, penalty.column_means))
-    head = ["strategy", "seeds", "AUBC (mean acc.)", "AUBC (trapezoid)", f"Δ AUBC vs {reference}",
+    mean_of = "mean acc." if metric == ev.ACCURACY else f"mean {metric.name}, lower better"
+    head = ["strategy", "seeds", f"AUBC ({mean_of})", "AUBC (trapezoid)", f"Δ AUBC vs {reference}",
             f"p vs {reference}", "verdict"]
     if penalty is not None:
         head.append("penalty (col. mean, lower better)")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for r in rows:
         cells = [r.label, str(r.seeds), _fmt_ci(r.aubc, r.aubc_ci), _fmt_ci(r.trapezoid, r.trapezoid_ci),
-                 _fmt_ci(r.diff, r.diff_ci), _fmt_p(r.pvalue), verdict(r, alpha)]
+                 _fmt_ci(r.diff, r.diff_ci), _fmt_p(r.pvalue), verdict(r, alpha, metric.higher_is_better)]
         if penalty is not None:
             cells.append(_fmt(float(col_mean[r.label]), 2) if r.label in col_mean else "–")
         lines.append("| " + " | ".join(cells) + " |")
@@ -148,6 +153,8 @@ def summary_markdown(report: Report, *, reference: str = "random", alpha: float 
     """The whole ``summary.md`` text."""
     m = report.meta
     b = report.budgets
+    metric = m.get("metric", ev.ACCURACY)
+    better = "more accurate" if metric.higher_is_better else f"lower in {metric.name}"
     seeds = sorted({s for ss in m["seeds"].values() for s in ss})
     out = [
         f"# {title}" if title else f"# Active-learning comparison: {m['dataset']} / {m['model']}",
@@ -159,7 +166,7 @@ def summary_markdown(report: Report, *, reference: str = "random", alpha: float 
         "",
         "## AUBC",
         "",
-        aubc_markdown(report.rows, report.penalty, reference=reference, alpha=alpha),
+        aubc_markdown(report.rows, report.penalty, reference=reference, alpha=alpha, metric=metric),
         "",
     ]
     if report.penalty is not None:
@@ -169,8 +176,8 @@ def summary_markdown(report: Report, *, reference: str = "random", alpha: float 
             "## Penalty matrix",
             "",
             f"Paired t-test over seeds at budgets {', '.join(map(str, pm.budgets))} "
-            f"(M + 2^(m−1)·B until {reference} reaches 99% of its final accuracy); a row wins against a column "
-            f"when it is significantly more accurate (α = {alpha}); each win adds 1/{len(pm.budgets)}. "
+            f"(M + 2^(m−1)·B until {reference} reaches 99% of its final {metric.name}); a row wins against a "
+            f"column when it is significantly {better} (α = {alpha}); each win adds 1/{len(pm.budgets)}. "
             "Column mean: how often a strategy is beaten (lower is better).",
             "",
             "| strategy | " + " | ".join(pm.strategies[i] for i in order) + " |",
@@ -205,6 +212,7 @@ def _meta(runs: ev.Runs) -> dict[str, Any]:
         "initial": initial,
         "batch": batch,
         "seeds": {label: sorted(by_seed) for label, by_seed in runs.items()},
+        "metric": ev.headline_metric(runs),
     }
 
 
@@ -236,8 +244,9 @@ def write_report(
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     meta = _meta(runs)
-    curves = ev.to_curves(runs)
-    rows, budgets = ev.aubc_rows(curves, reference=reference)
+    metric = meta["metric"]
+    curves = ev.to_curves(runs, metric.key)
+    rows, budgets = ev.aubc_rows(curves, reference=reference, higher_is_better=metric.higher_is_better)
     notes: list[str] = []
     rounds = {label: {s: len(c) for s, c in by_seed.items()} for label, by_seed in curves.items()}
     longest = max(n for by_seed in rounds.values() for n in by_seed.values())
@@ -246,6 +255,7 @@ def write_report(
         notes.append(f"incomplete runs ({', '.join(short)}): AUBC is taken over the {len(budgets)} rounds every run reached")
     tag = title or f"{meta['dataset']} / {meta['model']}"
     files = {"curves.png": plots.plot_curves_ci(curves, os.path.join(out_dir, "curves.png"), reference=reference,
+                                                ylabel=f"test {metric.name}",
                                                 title=f"{tag}: mean and 95% CI over seeds")}
     penalty = None
     if reference not in curves:
@@ -254,8 +264,8 @@ def write_report(
     else:
         if len(curves) > 1:
             files["diff_to_random.png"] = plots.plot_differences(
-                curves, os.path.join(out_dir, "diff_to_random.png"), reference=reference,
-                title=f"{tag}: accuracy − {reference}, paired, 95% CI")
+                curves, os.path.join(out_dir, "diff_to_random.png"), reference=reference, metric=metric.name,
+                title=f"{tag}: {metric.name} − {reference}, paired, 95% CI")
         ordered = {r.label: curves[r.label] for r in rows}  # matrix rows in AUBC order
         penalty, why = _penalty(ordered, meta, reference, alpha)
         if penalty is None:
@@ -269,8 +279,11 @@ def write_report(
     if min(len(s) for s in meta["seeds"].values()) < 2:
         notes.append("fewer than two seeds for some strategy: no confidence interval or test for it")
     stops: list[stopping.StopSummary] = []
-    if any("signals" in rec for by_seed in runs.values() for recs in by_seed.values() for rec in recs):
-        stops = stopping.summarize(runs)
+    if not metric.higher_is_better:
+        notes.append("stopping rules skipped: they read class predictions (κ, changed classes, entropy), and these "
+                     "are regression runs")
+    elif any("signals" in rec for by_seed in runs.values() for recs in by_seed.values() for rec in recs):
+        stops = stopping.summarize(runs, metric=metric.key)
         files["stopping.csv"] = write_stopping_csv(stops, os.path.join(out_dir, "stopping.csv"))
     report = Report(files, rows, budgets, penalty, notes, meta, tuple(stops))
     path = os.path.join(out_dir, "summary.md")
@@ -289,7 +302,8 @@ def _penalty(curves: ev.Curves, meta: Mapping[str, Any], reference: str, alpha: 
     if len(curves[reference]) < 2:
         return None, f"it needs at least two seeds of {reference}"
     try:
-        pm = penalty_matrix(curves, initial=meta["initial"], batch=meta["batch"], reference=reference, alpha=alpha)
+        pm = penalty_matrix(curves, initial=meta["initial"], batch=meta["batch"], reference=reference, alpha=alpha,
+                            higher_is_better=meta["metric"].higher_is_better)
     except ValueError as e:
         return None, str(e)
     return pm, ""

@@ -27,6 +27,12 @@ More come from the round's query when its strategy measures them, on the model
   rows, so its eigenvalues grow with the labels, while those of the per-row Gram
   ``K / n`` (the rate the training dynamics see) level off.
 
+A regression run (real outputs, no classes) records ``output_scale`` and
+``output_change``, the root-mean-square change ``Δf`` of the outputs on the stop set's
+unlabeled rows since the previous round (in target units; ``None`` in round 0), with
+``kappa``, ``change`` and ``uncertainty`` left ``None``: the stopping rules that read
+them say "n/a".
+
 The cost is two forward passes over the stop set per round (the previous model's
 predictions are recomputed rather than carried, so checkpoints keep their format).
 """
@@ -44,7 +50,8 @@ from jaxal.model import predict_logits_then
 from jaxal.ops.random import host_permutation
 from jaxal.stopping import cohen_kappa
 
-__all__ = ["STOP_SET_SIZE", "stop_set", "predict_stop_set", "StopSetPredictions", "round_signals", "query_signals"]
+__all__ = ["STOP_SET_SIZE", "stop_set", "predict_stop_set", "StopSetPredictions", "round_signals", "query_signals",
+           "predict_outputs", "regression_signals"]
 
 STOP_SET_SIZE = 1000
 _OUTPUT_CHANGE_OBJECTIVES = ("mlmoc", "emoc")
@@ -107,6 +114,27 @@ def round_signals(
         out["kappa"] = float(cohen_kappa(previous[0], pred, num_classes))
         changed = previous[0] != pred
         out["change"] = float(np.mean(changed[unlabeled])) if unlabeled.any() else 0.0
+    return out
+
+
+def predict_outputs(module: Any, variables: Any, x_stop: Any) -> np.ndarray:
+    """A regression model's outputs ``[S, D]`` (float64) on the stop set."""
+    return np.asarray(predict_logits_then(models_lib.as_model(module, variables), x_stop, _identity), np.float64)
+
+
+def _identity(a: jax.Array) -> jax.Array:
+    return a
+
+
+def regression_signals(current: np.ndarray, previous: np.ndarray | None, unlabeled: np.ndarray) -> dict[str, float | None]:
+    """``output_scale`` (mean ``‖f‖₂``) and ``output_change`` (RMS of ``f − f_prev`` over the
+    unlabeled stop-set rows) of a regression model's stop-set outputs ``[S, D]``."""
+    unlabeled = np.asarray(unlabeled, dtype=bool)
+    out: dict[str, float | None] = {"uncertainty": None, "kappa": None, "change": None,
+                                    "output_scale": float(np.mean(np.linalg.norm(current, axis=-1))),
+                                    "output_change": None}
+    if previous is not None and unlabeled.any():
+        out["output_change"] = float(np.sqrt(np.mean(np.sum((current - previous)[unlabeled] ** 2, axis=-1))))
     return out
 
 

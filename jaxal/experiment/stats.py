@@ -80,14 +80,17 @@ def paired_pvalue(a: Sequence[float], b: Sequence[float]) -> float:
     return float(stats.ttest_rel(a, b).pvalue)
 
 
-def penalty_budgets(reference: Mapping[int, Mapping[int, float]], initial: int, batch: int, fraction: float = 0.99) -> list[int]:
+def penalty_budgets(reference: Mapping[int, Mapping[int, float]], initial: int, batch: int, fraction: float = 0.99,
+                    higher_is_better: bool = True) -> list[int]:
     """Budgets ``M + 2^(m-1) B`` (m = 1, 2, ...) up to where ``reference`` saturates.
 
     ``reference[seed][n_labeled]`` is the accuracy curve of the reference strategy
     (random). Budgets are kept while the reference's mean accuracy at the *previous*
     budget is below ``fraction`` of its final mean accuracy, i.e. the list stops at the
     first budget where random reaches 99% of its final accuracy (that budget included).
-    Only budgets present for every seed count.
+    Only budgets present for every seed count. For an error metric
+    (``higher_is_better=False``, e.g. RMSE) saturation is the error falling to within
+    ``1 / fraction`` of its final value.
     """
     common = set.intersection(*(set(c) for c in reference.values()))
     if not common:
@@ -102,7 +105,7 @@ def penalty_budgets(reference: Mapping[int, Mapping[int, float]], initial: int, 
             break
         if n in common:
             budgets.append(n)
-            if mean[n] >= fraction * final:
+            if (mean[n] >= fraction * final) if higher_is_better else (mean[n] <= final / fraction):
                 break
         m += 1
     return budgets
@@ -136,6 +139,7 @@ def penalty_matrix(
     reference: str = "random",
     alpha: float = 0.05,
     budgets: Sequence[int] | None = None,
+    higher_is_better: bool = True,
 ) -> PenaltyMatrix:
     """Pairwise penalty matrix over seeds (Ash et al.'s evaluation; a win is a significantly *higher* accuracy).
 
@@ -150,6 +154,8 @@ def penalty_matrix(
       reference: strategy whose saturation ends the budget list (random).
       alpha: significance level.
       budgets: explicit budgets (overrides the ``M + 2^(m-1) B`` rule).
+      higher_is_better: ``False`` for an error metric (RMSE): a win is a significantly
+        *lower* value.
     """
     names = list(curves)
     if len(names) < 2:
@@ -157,7 +163,7 @@ def penalty_matrix(
     if budgets is None:
         if reference not in curves:
             raise ValueError(f"reference strategy {reference!r} is not in the curves ({names})")
-        budgets = penalty_budgets(curves[reference], initial, batch)
+        budgets = penalty_budgets(curves[reference], initial, batch, higher_is_better=higher_is_better)
     budgets = list(budgets)
     if not budgets:
         raise ValueError("no budget to compare")
@@ -176,7 +182,7 @@ def penalty_matrix(
                 xb = np.array([curves[b][s][n] for s in seeds])
                 p = paired_pvalue(xa, xb)
                 pv[i, j, b_i] = p
-                if p < alpha and xa.mean() > xb.mean():
+                if p < alpha and (xa.mean() > xb.mean()) == higher_is_better and xa.mean() != xb.mean():
                     wins[i, j] += 1
     mat = wins / nb
     col = np.array([mat[np.arange(k) != j, j].mean() for j in range(k)])

@@ -10,14 +10,15 @@ carrying the new state; the loop stores it and hands it back next round.
 
 The registry maps a name to an :class:`Entry`: the function, its optional sequential
 (oracle-in-the-loop) twin, and the options it accepts. A new strategy is one function
-and ``@register("name")``; a score-ranked one returns ``top_k_indices(scores, budget, key)``.
+and ``@register("name")``; a score-ranked one returns ``pick(scores, budget, key, batch, beta)``
+(top-``budget``, or a stochastic batch: options ``batch`` and ``beta``).
 """
 
 from __future__ import annotations
 
 import inspect
 import typing
-from typing import Any, Callable, Mapping, NamedTuple, Protocol
+from typing import Any, Callable, Literal, Mapping, NamedTuple, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -26,6 +27,7 @@ from jaxal import pool
 from jaxal.model import Model
 from jaxal.model import num_classes as _num_classes
 from jaxal.ops.random import host_rng
+from jaxal.ops.stochastic_batch import stochastic_batch
 from jaxal.validation import (
     check_budget,
     check_choice,
@@ -40,7 +42,10 @@ from jaxal.validation import (
 
 __all__ = ["Context", "Query", "Strategy", "Entry", "register", "get", "entry", "names", "sequential_mode",
            "sequential_names", "option_names", "check_options", "select", "make_context", "as_query", "top_k_indices",
-           "positive_options", "on_mesh", "top_k_on_mesh"]
+           "positive_options", "on_mesh", "top_k_on_mesh", "BATCH_MODES", "BatchMode", "pick", "batch_options"]
+
+BatchMode = Literal["topk", "power", "softmax", "softrank"]
+BATCH_MODES: tuple[str, ...] = typing.get_args(BatchMode)
 
 
 class Context(NamedTuple):
@@ -62,6 +67,9 @@ class Context(NamedTuple):
       memory_bytes: bound on what a strategy caches for the whole pool in a round (its
         features, logits or scores); ``ValueError`` with the size asked when it does not
         fit. ``None``: no bound.
+      task: ``"classification"`` (``y_labeled`` int labels, ``num_classes`` logits) or
+        ``"regression"`` (``y_labeled`` float32 ``[L]`` or ``[L, D]`` targets, the model
+        has ``num_classes = D >= 1`` real outputs trained with squared loss).
     """
 
     model: Model
@@ -73,6 +81,7 @@ class Context(NamedTuple):
     round: int = 0
     mesh: Any = None
     memory_bytes: int | None = None
+    task: str = "classification"
 
 
 class Query(NamedTuple):
@@ -109,6 +118,7 @@ class Entry(NamedTuple):
         before any training.
       hints: the options' type hints (from the signature or the options NamedTuple),
         used to refuse ill-typed values up front.
+      tasks: the tasks it can serve (``"classification"``, ``"regression"``).
     """
 
     name: str
@@ -117,13 +127,18 @@ class Entry(NamedTuple):
     options: tuple[str, ...] | None
     check: Callable[..., None] | None = None
     hints: Mapping[str, Any] = {}
+    tasks: tuple[str, ...] = ("classification",)
 
 
 _REGISTRY: dict[str, Entry] = {}
 
 
+TASKS = ("classification", "regression")
+
+
 def register(name: str, *, sequential: Callable[..., Any] | None = None,
-             options: Any = None, check: Callable[..., None] | None = None) -> Callable[[Strategy], Strategy]:
+             options: Any = None, check: Callable[..., None] | None = None,
+             tasks: Sequence[str] = ("classification",)) -> Callable[[Strategy], Strategy]:
     """Decorator registering a strategy function under ``name``.
 
     Args:
@@ -138,6 +153,8 @@ def register(name: str, *, sequential: Callable[..., Any] | None = None,
         sequential: bool)`` raising ``ValueError`` for values no query could use;
         :func:`check_options` runs it before any training and :func:`select` before
         each query.
+      tasks: what it serves: ``("classification",)`` (the default: it reads class
+        probabilities), ``("regression",)`` (it reads real outputs), or both.
 
     Option values are type-checked against the function's annotations (``int``,
     ``float``, ``bool``, ``str``, ``Literal[...]``, ``X | None``).
@@ -146,23 +163,29 @@ def register(name: str, *, sequential: Callable[..., Any] | None = None,
     :func:`select`, ``jaxal run --strategy`` (with ``--import MODULE``) and the grid.
     """
     names = tuple(getattr(options, "_fields", options)) if options is not None else None
+    tasks = tuple(tasks)
+    for t in tasks:
+        check_choice("task", t, TASKS)
 
     def deco(fn: Strategy) -> Strategy:
         old = _REGISTRY.get(name)
         if old is not None and old.fn is not fn and _origin(old.fn) != _origin(fn):
             raise ValueError(f"strategy {name!r} is already registered (by {'.'.join(_origin(old.fn))})")
         hints = _hints(options) if hasattr(options, "_fields") else _hints(fn, skip=3)
-        _REGISTRY[name] = Entry(name, fn, sequential, names, check, hints)
+        _REGISTRY[name] = Entry(name, fn, sequential, names, check, hints, tasks)
         return fn
 
     return deco
 
 
-def positive_options(*option_names: str) -> Callable[..., None]:
-    """A ``check`` for :func:`register`: each named option, when given, is an integer >= 1."""
+def positive_options(*option_names: str, batch: bool = False) -> Callable[..., None]:
+    """A ``check`` for :func:`register`: each named option, when given, is an integer >= 1
+    (and, with ``batch=True``, the stochastic-batch options: :func:`batch_options`)."""
 
     def check(options: Mapping[str, Any], *, budget: int, model: Model | None = None, sequential: bool = False) -> None:
         check_positive(options, *option_names)
+        if batch:
+            batch_options(options)
 
     return check
 
@@ -226,14 +249,19 @@ def option_names(name: str, sequential: bool = False) -> tuple[str, ...] | None:
 
 
 def check_options(name: str, options: Mapping[str, Any], sequential: bool = False, *,
-                  budget: int | None = None, model: Model | None = None) -> None:
+                  budget: int | None = None, model: Model | None = None, task: str | None = None) -> None:
     """Raise ``ValueError`` for options strategy ``name`` cannot use.
 
     Checks, in order: option names; value types against the strategy's annotations;
     and, when ``budget`` is given, the strategy's own ``check`` (values that need the
     budget or the model, e.g. CRC's group size, BALD's dropout). Run before any
-    training, so a typo fails in a second, not after round 0.
+    training, so a typo fails in a second, not after round 0. With ``task``, also that
+    the strategy serves it (entropy reads class probabilities: no regression).
     """
+    if task is not None and task not in entry(name).tasks:
+        serving = [n for n in names() if task in _REGISTRY[n].tasks]
+        raise ValueError(f"strategy {name!r} serves {' and '.join(entry(name).tasks)}, not {task}; strategies for "
+                         f"{task}: {', '.join(serving) or 'none'}")
     if sequential and entry(name).sequential is None:
         raise ValueError(
             f"strategy {name!r} has no sequential mode; strategies that have one: "
@@ -265,9 +293,13 @@ def make_context(
     round: int = 0,
     mesh: Any = None,
     memory_bytes: int | None = None,
+    task: str = "classification",
 ) -> Context:
     """Validate inputs and build a :class:`Context` (on a ``mesh`` the pool is not read
-    whole here: it may not fit, and each strategy checks what it computes from it)."""
+    whole here: it may not fit, and each strategy checks what it computes from it).
+    ``task="regression"``: ``y_labeled`` real targets ``[L]`` or ``[L, D]``,
+    ``num_classes`` the model's ``D >= 1`` outputs."""
+    check_choice("task", task, TASKS)
     check_nonempty("x_pool", x_pool)
     if mesh is None:
         check_finite("x_pool", x_pool)
@@ -278,17 +310,24 @@ def make_context(
             f"x_labeled rows have shape {np.shape(x_labeled)[1:]} but x_pool rows have "
             f"shape {np.shape(x_pool)[1:]}"
         )
+    least = 1 if task == "regression" else 2
     if num_classes is None:
         num_classes = _model_outputs(model, x_pool)
-    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < least:
+        raise ValueError(f"num_classes must be an integer >= {least}, got {num_classes!r}")
     y = np.asarray(y_labeled)
-    check_labels("y_labeled", y, num_classes)
+    if task == "regression":
+        if y.dtype.kind not in "fiub" or y.shape[1:] not in ((), (int(num_classes),)):
+            raise ValueError(f"y_labeled must be real regression targets [L] or [L, {num_classes}], "
+                             f"got {y.dtype} {y.shape}")
+        check_finite("y_labeled", y)
+    else:
+        check_labels("y_labeled", y, num_classes)
     if memory_bytes is not None and (isinstance(memory_bytes, bool) or not isinstance(memory_bytes, (int, np.integer))
                                      or memory_bytes < 1):
         raise ValueError(f"memory_bytes must be a positive integer (bytes) or None, got {memory_bytes!r}")
-    return Context(model, x_labeled, y.astype(np.int32), x_pool, int(num_classes), state, round, mesh,
-                   None if memory_bytes is None else int(memory_bytes))
+    return Context(model, x_labeled, y.astype(np.float32 if task == "regression" else np.int32), x_pool,
+                   int(num_classes), state, round, mesh, None if memory_bytes is None else int(memory_bytes), task)
 
 
 def _model_outputs(model: Model, x_pool: Any) -> int:
@@ -336,6 +375,7 @@ def select(
     return_query: bool = False,
     mesh: Any = None,
     memory_bytes: int | None = None,
+    task: str = "classification",
     **options: Any,
 ) -> Any:
     """Pick ``budget`` pool indices with a strategy given by name or as a function.
@@ -348,7 +388,8 @@ def select(
         ``from_nnx`` adapt a Flax module and its variables).
       x_labeled: ``[L, ...]`` inputs already labeled (``L`` may be 0 for strategies
         that do not use them).
-      y_labeled: ``[L]`` integer class labels in ``[0, num_classes)``.
+      y_labeled: ``[L]`` integer class labels in ``[0, num_classes)`` (regression:
+        real targets ``[L]`` or ``[L, D]``).
       x_pool: ``[U, ...]`` unlabeled candidates, rows shaped like ``x_labeled``'s.
       budget: how many to pick, ``1 <= budget <= U``.
       num_classes: the number of classes ``C``; default: the model's number of
@@ -362,6 +403,8 @@ def select(
         (``np.load(path, mmap_mode="r")``) or a TFDS ``data_source``: it is read chunk by chunk.
       memory_bytes: bound on what the strategy caches for the whole pool (features,
         logits); ``ValueError`` with the size asked when it does not fit.
+      task: ``"classification"`` or ``"regression"`` (a model with ``D`` real outputs
+        trained with squared loss); a strategy that does not serve it is refused.
       **options: the strategy's options (:func:`option_names` lists them; see the
         strategy function's docstring, e.g. ``help(jaxal.strategies.crc.crc)``).
         Unknown names and ill-typed values raise ``ValueError`` before any work.
@@ -376,7 +419,7 @@ def select(
     """
     check_key("key", key)
     if isinstance(strategy, str):
-        check_options(strategy, options)  # names and types first: no model work for a typo
+        check_options(strategy, options, task=task)  # names and types first: no model work for a typo
     fn = get(strategy) if isinstance(strategy, str) else strategy
     outputs = _model_outputs(model, x_pool)  # also: does the model take these rows at all?
     if num_classes is not None and not isinstance(num_classes, bool) and num_classes != outputs:
@@ -387,7 +430,7 @@ def select(
     ctx = make_context(  # num_classes is the outputs found above: the model is not traced again
         model, x_labeled=x_labeled, y_labeled=y_labeled, x_pool=x_pool,
         num_classes=outputs if num_classes is None else num_classes, state=state, mesh=mesh,
-        memory_bytes=memory_bytes,
+        memory_bytes=memory_bytes, task=task,
     )
     budget = check_budget(budget, int(np.shape(x_pool)[0]))
     if isinstance(strategy, str):
@@ -405,7 +448,8 @@ def on_mesh(ctx: Context, row_fn: Callable[..., Any], *args: Any, chunk_rows: in
 
 
 def top_k_on_mesh(key: jax.Array, ctx: Context, budget: int, row_score: Callable[..., Any], *args: Any,
-                  chunk_rows: int = 4096, row_index: bool = False) -> np.ndarray:
+                  chunk_rows: int = 4096, row_index: bool = False, batch: str = "topk",
+                  beta: float = 1.0) -> np.ndarray:
     """The ``budget`` pool rows with the largest ``row_score(*args, xb) [b]``, scored on
     ``ctx.mesh`` and ranked by :func:`top_k_indices` with ``key``.
 
@@ -415,7 +459,32 @@ def top_k_on_mesh(key: jax.Array, ctx: Context, budget: int, row_score: Callable
     """
     s = on_mesh(ctx, row_score, *args, chunk_rows=chunk_rows, what="the pool's scores", row_index=row_index)
     check_finite("the pool's scores", s.data)
-    return top_k_indices(pool.to_host(s.data)[: s.n], budget, key)
+    return pick(pool.to_host(s.data)[: s.n], budget, key, batch, beta)
+
+
+def pick(scores: Any, budget: int, key: jax.Array, batch: str = "topk", beta: float = 1.0) -> np.ndarray:
+    """The batch a single-point score strategy returns: the ``budget`` largest ``scores``
+    (``batch="topk"``, :func:`top_k_indices`), or a stochastic batch drawn without
+    replacement with probabilities ``∝ s^β`` (``"power"``), ``∝ exp(β s)``
+    (``"softmax"``) or ``∝ rank^−β`` (``"softrank"``): :mod:`jaxal.ops.stochastic_batch`.
+
+    Top-``B`` of a score fills a batch with near-copies when the pool has them; sampling
+    spreads it at the cost of some of the score's preference (Kirsch et al., 2023).
+    """
+    check_choice("batch", batch, BATCH_MODES)
+    if batch == "topk":
+        return top_k_indices(scores, budget, key)
+    return stochastic_batch(key, scores, budget, batch, beta)
+
+
+def batch_options(options: Mapping[str, Any]) -> None:
+    """Check ``batch`` / ``beta`` (the stochastic-batch options of a score strategy)."""
+    beta = options.get("beta", 1.0)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
+        raise ValueError(f"beta must be a number >= 0 (the stochastic batch's temperature), got {beta!r}")
+    if "beta" in options and options.get("batch", "topk") == "topk":
+        raise ValueError("beta is the temperature of a stochastic batch: give it with batch=power, softmax or "
+                         "softrank (batch=topk has no temperature)")
 
 
 def top_k_indices(scores: Any, k: int, key: jax.Array | None = None) -> np.ndarray:

@@ -1,8 +1,12 @@
 """optax training of a linen network on the labeled set, and restarts between rounds.
 
-- Losses: ``"cross_entropy"`` (softmax CE on integer labels) and ``"squared"``
+- Losses: ``"cross_entropy"`` (softmax CE on integer labels), ``"squared"``
   (``sum_c (f_c(x) - onehot(y)_c)^2``, mean over examples; the loss the NTK
-  look-ahead linearises).
+  look-ahead linearises) and, for regression, ``"mse"`` (``sum_d (f_d(x) - y_d)^2``
+  to real targets ``y [n]`` or ``[n, D]``, mean over examples). Under ``"mse"`` there is
+  no accuracy: ``train_accuracy`` and :func:`evaluate`'s first value are the mean
+  absolute error, and the stop rule reads the loss alone (``target_loss``, else
+  ``max_epochs``).
 - Stop rule: after each epoch the training accuracy and loss are measured in
   inference mode (running BatchNorm statistics, no dropout) over the whole labeled
   set; training stops when the accuracy reaches ``target_accuracy`` and (when
@@ -76,7 +80,7 @@ from jaxal.validation import check_choice, check_finite, check_labels, check_non
 __all__ = ["TrainConfig", "TrainResult", "init_variables", "scale_head", "train", "evaluate", "restart", "epoch_batches",
            "LOSSES", "OPTIMIZERS"]
 
-LOSSES = ("cross_entropy", "squared")
+LOSSES = ("cross_entropy", "squared", "mse")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 RESTART_MODES = ("cold", "warm", "shrink_perturb")
 NOISES = ("init", "gaussian")
@@ -87,7 +91,8 @@ class TrainConfig:
     """How to train on the labeled set.
 
     Attributes:
-      loss: ``"cross_entropy"`` or ``"squared"`` (one-hot targets).
+      loss: ``"cross_entropy"``, ``"squared"`` (one-hot targets) or ``"mse"``
+        (regression: real targets).
       optimizer: ``"adam"``, ``"adamw"`` (decoupled weight decay) or ``"sgd"``
         (momentum 0.9). For adam/sgd, ``weight_decay`` is an L2 term added to the
         gradient.
@@ -138,7 +143,8 @@ class TrainResult(NamedTuple):
     Attributes:
       variables: trained variables (``params`` and e.g. ``batch_stats``).
       epochs: epochs run.
-      train_accuracy: final accuracy on the training set, inference mode.
+      train_accuracy: final accuracy on the training set, inference mode (the mean
+        absolute error under the regression loss ``"mse"``).
       train_loss: final mean loss on the training set, inference mode.
       seconds: wall time, compilation included.
       reached_target: whether the stop rule was met (accuracy, and loss when
@@ -201,10 +207,25 @@ def _jitted_init(module: nn.Module):
 
 
 def loss_fn(kind: str, logits: jax.Array, y: jax.Array, num_classes: int) -> jax.Array:
-    """Per-example loss ``[n]``: cross-entropy, or squared error to one-hot targets."""
+    """Per-example loss ``[n]``: cross-entropy, squared error to one-hot targets, or
+    (``"mse"``) squared error to real targets ``y [n]`` / ``[n, D]``."""
     if kind == "cross_entropy":
         return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    if kind == "mse":
+        return jnp.sum((logits - _as_targets(y, logits)) ** 2, axis=-1)
     return jnp.sum((logits - jax.nn.one_hot(y, num_classes, dtype=logits.dtype)) ** 2, axis=-1)
+
+
+def _as_targets(y: jax.Array, outputs: jax.Array) -> jax.Array:
+    """Real targets shaped like the outputs ``[n, D]`` (``[n]`` targets for ``D = 1``)."""
+    return jnp.reshape(y, outputs.shape).astype(outputs.dtype)
+
+
+def _hits(kind: str, logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-example ``[n]``: 1 for a correct class, or (``"mse"``) the mean absolute error."""
+    if kind == "mse":
+        return jnp.mean(jnp.abs(logits - _as_targets(y, logits)), axis=-1)
+    return (jnp.argmax(logits, -1) == y).astype(jnp.float32)
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -272,7 +293,7 @@ def _eval_fn(module: nn.Module, loss: str, num_classes: int):
     def chunk(variables, xym):
         x, y, mask = xym
         logits = module.apply(variables, x, train=False)
-        correct = jnp.sum((jnp.argmax(logits, -1) == y) * mask)
+        correct = jnp.sum(_hits(loss, logits, y) * mask)
         return correct, jnp.sum(loss_fn(loss, logits, y, num_classes) * mask)
 
     @jax.jit
@@ -300,9 +321,9 @@ def _chunked_host(x: np.ndarray, y: np.ndarray, batch_size: int,
     m = -(-rows // b)
     pad = m * b - n
     xp = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
-    yp = np.concatenate([y, np.zeros(pad, y.dtype)]) if pad else y
+    yp = np.concatenate([y, np.zeros((pad,) + y.shape[1:], y.dtype)]) if pad else y
     mask = (np.arange(m * b) < n).astype(np.float32)
-    return xp.reshape((m, b) + x.shape[1:]), yp.reshape(m, b), mask.reshape(m, b)
+    return xp.reshape((m, b) + x.shape[1:]), yp.reshape((m, b) + y.shape[1:]), mask.reshape(m, b)
 
 
 def _stop_rule_chunks(x: np.ndarray, y: np.ndarray,
@@ -373,13 +394,27 @@ def _host_scalar(a: jax.Array) -> np.ndarray:
     return np.asarray(a.addressable_data(0))
 
 
-def _check_xy(x: Any, y: Any, num_classes: int) -> None:
+def _check_xy(x: Any, y: Any, num_classes: int, loss: str = "cross_entropy") -> None:
     check_nonempty("x", x)
     check_same_length(x=x, y=y)
     check_finite("x", x)
+    if loss == "mse":  # regression: real targets, one per output
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+            raise ValueError(f"num_classes (the number of outputs) must be an integer >= 1, got {num_classes!r}")
+        a = np.asarray(y)
+        if a.dtype.kind not in "fiub" or a.shape[1:] not in ((), (int(num_classes),)) or (a.ndim == 1 and num_classes != 1):
+            raise ValueError(f"regression targets y must be real numbers [n] (one output) or [n, {num_classes}], "
+                             f"got {a.dtype} {a.shape}")
+        check_finite("y", a)
+        return
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     check_labels("y", y, int(num_classes))
+
+
+def _targets(y: Any, loss: str) -> np.ndarray:
+    """Labels as int32, or regression targets as float32."""
+    return np.asarray(y, np.float32 if loss == "mse" else np.int32)
 
 
 def evaluate(
@@ -391,18 +426,19 @@ def evaluate(
     loss: str = "cross_entropy",
     batch_size: int = 1024,
 ) -> tuple[float, float]:
-    """Accuracy and mean loss of ``module`` on ``(x [n, ...], y [n])`` in inference mode.
+    """Accuracy and mean loss of ``module`` on ``(x [n, ...], y [n])`` in inference mode
+    (under ``loss="mse"``: the mean absolute error and the mean squared error).
 
     Runs over chunks of ``min(batch_size, bucket(n))`` rows (padding masked) inside one
     jitted call, so test sets of sizes in one bucket share the program.
     """
-    _check_xy(x, y, num_classes)
     check_choice("loss", loss, LOSSES)
+    _check_xy(x, y, num_classes, loss)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     x = np.asarray(x, dtype=np.float32)
     n = x.shape[0]
-    chunks = _chunked(x, np.asarray(y, np.int32), batch_size)
+    chunks = _chunked(x, _targets(y, loss), batch_size)
     correct, total = _eval_fn(module, loss, int(num_classes))(variables, *chunks)
     return float(correct) / n, float(total) / n
 
@@ -455,9 +491,9 @@ def train(
     ``key``).
     """
     t0 = time.perf_counter()
-    _check_xy(x, y, num_classes)
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    _check_xy(x, y, num_classes, config.loss)
     if not isinstance(variables, Mapping) or "params" not in variables:
         raise ValueError("variables must be a mapping with a 'params' collection")
     if mesh is not None:
@@ -467,7 +503,7 @@ def train(
         raise ValueError(f"x must hold at least 2 examples to train (mini-batches of 1 are not used), got {n}")
     num_classes = int(num_classes)
     x_np = np.asarray(x, dtype=np.float32)
-    y_np = np.asarray(y, dtype=np.int32)
+    y_np = _targets(y, config.loss)
     k, b = epoch_batches(n, config.batch_size)
     example = jax.ShapeDtypeStruct((1,) + x_np.shape[1:], jnp.float32)
     signature = _signature(variables)
@@ -583,7 +619,10 @@ def _train_flag_matters(module: nn.Module, variables: Any, example: jax.ShapeDty
 
 
 def _reached(accuracy: float, loss: float, config: TrainConfig) -> bool:
-    """The stop rule: accuracy at target and, when ``target_loss`` is set, loss at most it."""
+    """The stop rule: accuracy at target and, when ``target_loss`` is set, loss at most it
+    (regression, ``"mse"``: the loss rule alone; without ``target_loss``, never)."""
+    if config.loss == "mse":
+        return bool(config.target_loss is not None and loss <= config.target_loss)
     return bool(accuracy >= config.target_accuracy and (config.target_loss is None or loss <= config.target_loss))
 
 
