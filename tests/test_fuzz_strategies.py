@@ -497,6 +497,13 @@ CONFIGS = {
     "crc": [Config("crc", "sampling", _check_crc, _crc_options, examples=5)],
     "albl": [Config("albl", "sampling", _check_albl, _albl_options, sizes=(13, 8), examples=4)],
 }
+# Batch-aware Bayesian and kernel selectors: few examples, one pool size (they compile per pool size).
+CONFIGS["batchbald"] = [Config("batchbald", "sampling", _check_none, lambda d, c: {"num_samples": 4}, sizes=(13,),
+                               examples=2)]
+CONFIGS["epig"] = [Config("epig", "sampling", _check_none, lambda d, c: {"num_samples": 4, "num_targets": 8},
+                          sizes=(13,), examples=2)]
+for _name in ("maxdet", "maxdist", "kmeanspp_features", "lcmd"):
+    CONFIGS[_name] = [Config(_name, "sampling", _check_none, lambda d, c: {"sketch_dim": 8}, sizes=(13,), examples=2)]
 for _name in ("mlmoc", "emoc", "eer", "flip_rate"):
     CONFIGS[_name] = [Config(_name, "ranked", _check_lookahead, _lookahead_head, sizes=(13,), examples=4),
                       Config(f"{_name}[defaults]", "ranked", _check_lookahead, sizes=(13,), layouts=_VEC32, examples=2)]
@@ -505,8 +512,8 @@ for _name in ("mlmoc", "emoc", "eer", "flip_rate"):
 def _configs() -> list:
     out = []
     for name in base.names():
-        if name.startswith("_"):  # throwaway strategies registered by other test files
-            continue
+        if name.startswith("_") or "classification" not in base.entry(name).tasks:
+            continue  # throwaway strategies registered by other test files; regression-only ones
         out += CONFIGS.get(name, [Config(name, "unknown")])
     return out
 
