@@ -20,6 +20,19 @@ from typing import Any, Callable, Sequence
 __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 
 DEFAULT_STRATEGIES = "mlmoc[batch=greedy],mlmoc-seq,entropy,random"
+DEFAULT_COMPARE_STRATEGIES = "random,entropy,margin"
+#: The default arms on a regression set (entropy and the classification look-ahead do not apply there).
+DEFAULT_REGRESSION_STRATEGIES = "lcmd,maxdet,random"
+
+
+def _strategies_or_default(args: argparse.Namespace, default: str) -> str:
+    """``--strategy`` as given, or the default for the data set's task (a built-in regression
+    set gets :data:`DEFAULT_REGRESSION_STRATEGIES`)."""
+    if args.strategy is not None:
+        return args.strategy
+    from jaxal import data_regression
+
+    return DEFAULT_REGRESSION_STRATEGIES if args.dataset in data_regression.LOADERS else default
 DEFAULT_PROTOCOL = "lookahead"
 
 
@@ -108,10 +121,11 @@ def add_run(subparsers: Any, devices: bool = True) -> None:
     g.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                    help="model option, e.g. dropout_rate=0.2 or channels=(16,32) (repeatable)")
     g = p.add_argument_group("active learning")
-    g.add_argument("--strategy", default=DEFAULT_STRATEGIES,
+    g.add_argument("--strategy", default=None,
                    help=f"strategy or comma-separated list of: {', '.join(strategies.names())}. NAME-seq is NAME's "
                    f"sequential mode (for {', '.join(strategies.sequential_names())}), NAME[key=value,...] a "
-                   f"variant with its own options (default: {DEFAULT_STRATEGIES})")
+                   f"variant with its own options (default: {DEFAULT_STRATEGIES}; on a regression set "
+                   f"{DEFAULT_REGRESSION_STRATEGIES})")
     g.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="strategy option, value parsed as a Python literal: KEY=VALUE goes to every listed strategy "
                    "that takes KEY, NAME.KEY=VALUE (e.g. crc.group_size=5) to strategy NAME only (repeatable)")
@@ -291,6 +305,7 @@ def _configs(args: argparse.Namespace) -> list:
     from jaxal.experiment.config import ExperimentConfig, validate
     from jaxal.training.train import TrainConfig
 
+    args.strategy = _strategies_or_default(args, DEFAULT_STRATEGIES)
     names = [s.strip() for s in args.strategy.split(",") if s.strip()]
     if not names:
         raise ValueError("--strategy is empty")
@@ -532,10 +547,10 @@ def add_compare(subparsers: Any) -> None:
         "finished and interrupted runs, then write curves.png, diff_to_random.png, aubc.csv, penalty.png, "
         "penalty.csv and summary.md into --out. Takes every `jaxal run` flag.",
     )
-    p.add_argument("--strategies", "--strategy", dest="strategy", default="random,entropy,margin",
+    p.add_argument("--strategies", "--strategy", dest="strategy", default=None,
                    help="comma-separated arms; NAME-seq runs NAME in its sequential mode and NAME[key=value,...] "
                    "is a variant with its own options, e.g. mlmoc,mlmoc[batch=greedy],mlmoc-seq "
-                   "(default: random,entropy,margin)")
+                   f"(default: {DEFAULT_COMPARE_STRATEGIES}; on a regression set {DEFAULT_REGRESSION_STRATEGIES})")
     p.add_argument("--reference", default="random", help="baseline for differences and p-values (default: random)")
     p.add_argument("--title", default=None, help="title of the plots and summary")
     p.add_argument("--resume", action="store_true", help="accepted for symmetry with `jaxal run`: compare always "
@@ -583,6 +598,7 @@ def compare_configs(args: argparse.Namespace) -> list:
     options added; an arm that is not a plain strategy is labelled by its text."""
     from jaxal.experiment.config import validate
 
+    args.strategy = _strategies_or_default(args, DEFAULT_COMPARE_STRATEGIES)
     names = split_arms(args.strategy)
     names = [s.strip() for s in names if s.strip()]
     if not names:

@@ -101,6 +101,7 @@ def test_readme_python_examples_run():
         exec(compile(block, "README.md", "exec"), namespace)
         spaces.append(namespace)
     assert len(next(ns for ns in spaces if "idx" in ns)["idx"]) == 4
+    assert len(set(next(ns for ns in spaces if "regression_picks" in ns)["regression_picks"].tolist())) == 10
     ntk_ns = next(ns for ns in spaces if "k_full" in ns)
     assert ntk_ns["k"].shape == (100, 20) and ntk_ns["k_full"].shape == (5, 3, 10, 10)
 
