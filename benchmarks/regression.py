@@ -29,10 +29,12 @@ scores the same 500 random unlabeled candidates for every arm:
 
 Reported per arm: RMSE-AUBC (mean test RMSE over rounds; lower is better) with the
 paired t-test against random over 5 seeds, the final RMSE, and the mean query time.
-Also the sketch's error against the exact empirical NTK as the sketch grows.
+Also the sketch's error against the exact empirical NTK as the sketch grows, and
+(``--diagnose``) how well each uncertainty predicts where the model errs.
 
     python benchmarks/regression.py --quick   # diabetes, 3 arms, 2 seeds, 3 rounds (~1 min)
     python benchmarks/regression.py           # every set and arm, 5 seeds
+    python benchmarks/regression.py --diagnose  # Spearman(uncertainty, test error), 5 seeds
 
 Runs resume. Results: ``benchmarks/results/regression/{regression.json, regression.md,
 sketch_error.json, <set>/}`` (each set's report: curves, AUBC table, penalty matrix).
@@ -55,6 +57,7 @@ from jaxal import models as models_lib
 from jaxal.experiment.config import ExperimentConfig
 from jaxal.experiment.grid import run_grid
 from jaxal.experiment.report import write_report
+from jaxal.model import predict_logits
 from jaxal.training.train import TrainConfig, init_variables, train
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "regression")
@@ -135,6 +138,40 @@ def sketch_error(dims: Sequence[int] = (32, 128, 512, 2048), n: int = 200, keys:
     return {"rows": rows, "n": n, "parameters": int(sum(np.size(v) for v in jax.tree.leaves(variables["params"])))}
 
 
+def uncertainty_vs_error(setting: Setting, seeds: int = 5, labels: int | None = None) -> dict[str, Any]:
+    """Does the uncertainty the selectors read predict where the model errs? After
+    training on ``labels`` random rows (default: the setting's budget at round 5), the
+    Spearman correlation over the test set between each point's squared error and its
+    NTK posterior variance (sketch, the selectors' kernel and noise) or its MC-dropout
+    variance; mean and spread over seeds. Near 0: a selector that chases variance picks
+    no better than random."""
+    from scipy.stats import spearmanr
+
+    from jaxal.ops import kernel_select as ks
+    from jaxal.strategies.base import Context
+    from jaxal.strategies.regression import DEFAULT_NOISE, absolute_noise, kernel_features, mc_variance_scores
+
+    ds = data.load(setting.name)
+    n = labels or setting.initial + 5 * setting.budget
+    out: dict[str, list[float]] = {"ntk_variance": [], "mc_variance": []}
+    for seed in range(seeds):
+        rows = np.random.default_rng(seed).permutation(ds.x_train.shape[0])[:n]
+        module = models_lib.create("mlp", 1, input_shape=ds.x_train.shape[1:], widths=setting.widths,
+                                   dropout_rate=0.1)
+        variables = init_variables(jax.random.key(seed), module, ds.x_train[:1])
+        variables = train(jax.random.key(seed + 100), module, variables, ds.x_train[rows], ds.y_train[rows], 1,
+                          TrainConfig(loss="mse", max_epochs=setting.epochs, batch_size=32)).variables
+        model = models_lib.as_model(module, variables)
+        err = (np.asarray(predict_logits(model, ds.x_test))[:, 0] - ds.y_test) ** 2
+        ctx = Context(model, ds.x_train[rows], ds.y_train[rows], ds.x_test, 1, task="regression")
+        phi_test, phi_lab = kernel_features(jax.random.key(seed + 200), ctx)
+        var = ks.posterior_variance(phi_test, phi_lab, absolute_noise(DEFAULT_NOISE, phi_test, phi_lab))
+        out["ntk_variance"].append(float(spearmanr(np.asarray(var), err).statistic))
+        mc = mc_variance_scores(model, ds.x_test, jax.random.key(seed + 300))
+        out["mc_variance"].append(float(spearmanr(mc, err).statistic))
+    return {"labels": n, "spearman": {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in out.items()}}
+
+
 def table(name: str, res: Mapping[str, Any]) -> str:
     head = ["arm", "RMSE-AUBC (lower better)", "Δ vs random", "p vs random", "final RMSE", "query s"]
     b = res["budgets"]
@@ -159,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--settings", default=None, help=f"comma-separated subset of {','.join(SETTINGS)}")
     ap.add_argument("--arms", default=None, help=f"comma-separated subset of {','.join(ARMS)}")
     ap.add_argument("--no-sketch", action="store_true", help="skip the sketch-error measurement")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="only measure how well each uncertainty predicts the test error (uncertainty_vs_error)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     out = args.out or (os.path.join(DEFAULT_OUT, "quick") if args.quick else DEFAULT_OUT)
@@ -180,6 +219,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         settings = {n: dataclasses.replace(s, arms=arms) for n, s in settings.items()}
     os.makedirs(out, exist_ok=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if args.diagnose:
+        diag = {name: uncertainty_vs_error(setting) for name, setting in settings.items()}
+        with open(os.path.join(out, "uncertainty_vs_error.json"), "w", encoding="utf-8") as f:
+            json.dump({"load_average_start": load, "settings": diag}, f, indent=1)
+        print(json.dumps(diag, indent=1))
+        return diag
     results = {}
     for name, setting in settings.items():
         print(f"{name}: {len(setting.arms)} arms x {seeds} seeds x {setting.rounds + 1} rounds", flush=True)

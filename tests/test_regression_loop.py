@@ -146,3 +146,17 @@ def test_lower_is_better_statistics_are_the_negated_ones():
     rows_high, _ = ev.aubc_rows(negated)
     assert [r.label for r in rows_low] == [r.label for r in rows_high] == ["a", "random", "b"]
     assert [verdict(r, higher_is_better=False) for r in rows_low] == [verdict(r) for r in rows_high]
+
+
+def test_the_command_line_defaults_to_regression_strategies_on_a_regression_set():
+    import argparse
+
+    from jaxal.cli import DEFAULT_REGRESSION_STRATEGIES, DEFAULT_STRATEGIES, _strategies_or_default
+    from jaxal.strategies.base import entry
+
+    assert _strategies_or_default(argparse.Namespace(strategy=None, dataset="friedman1"), DEFAULT_STRATEGIES) \
+        == DEFAULT_REGRESSION_STRATEGIES
+    assert _strategies_or_default(argparse.Namespace(strategy=None, dataset="digits"), DEFAULT_STRATEGIES) \
+        == DEFAULT_STRATEGIES
+    assert _strategies_or_default(argparse.Namespace(strategy="random", dataset="friedman1"), "x") == "random"
+    assert all("regression" in entry(n).tasks for n in DEFAULT_REGRESSION_STRATEGIES.split(","))
