@@ -34,6 +34,7 @@ Also the sketch's error against the exact empirical NTK as the sketch grows, and
 
     python benchmarks/regression.py --quick   # diabetes, 3 arms, 2 seeds, 3 rounds (~1 min)
     python benchmarks/regression.py           # every set and arm, 5 seeds
+    python benchmarks/regression.py --seeds 10   # the committed results (5 seeds first: regression_5seeds.md)
     python benchmarks/regression.py --diagnose  # Spearman(uncertainty, test error), 5 seeds
 
 Runs resume. Results: ``benchmarks/results/regression/{regression.json, regression.md,
