@@ -499,7 +499,7 @@ CONFIGS = {
 }
 # Batch-aware Bayesian and kernel selectors: few examples, one pool size (they compile per pool size).
 CONFIGS["batchbald"] = [Config("batchbald", "sampling", _check_none, lambda d, c: {"num_samples": 4}, sizes=(13,),
-                               examples=2)]
+                               examples=1)]
 CONFIGS["epig"] = [Config("epig", "sampling", _check_none, lambda d, c: {"num_samples": 4, "num_targets": 8},
                           sizes=(13,), examples=2)]
 for _name in ("maxdet", "maxdist", "kmeanspp_features", "lcmd"):
