@@ -11,7 +11,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxal.model import Model, embed
-from jaxal.ntk import chunking, taps
+from jaxal.ntk import chunking, neural_tangents_backend, taps
 from jaxal.ntk.contract import CONTRACTIONS, output_map
 from jaxal.ntk.engine import Engine
 from jaxal.ntk.jacobian import jacobian_engine
@@ -192,6 +192,8 @@ def kernel(
           leaves by ``jacrev``; a head-only Dense head uses ``(h·h' + 1) δ_cd``.
         - ``"auto"``: ``structured``, or ``ntvp`` when a single example's structured
           features would exceed a quarter of ``memory_bytes``.
+        - ``"neural_tangents"``: the optional neural-tangents backend, same results
+          (:mod:`jaxal.ntk.neural_tangents_backend`; ImportError when it does not import).
       memory_bytes: bound (per device) on the estimated largest intermediate; both
         example axes are chunked to fit. Default 2 GiB.
       mesh: a ``jax.sharding.Mesh``; the ``x1`` axis is sharded over its first axis.
@@ -210,6 +212,9 @@ def kernel(
         diagonal, or a memory bound too small for one example.
     """
     check_choice("contraction", contraction, CONTRACTIONS)
+    if implementation == "neural_tangents":  # optional backend, outside IMPLEMENTATIONS
+        return neural_tangents_backend.kernel(model, x1, x2, params=params, contraction=contraction,
+                                              subset=subset, diagonal=diagonal)
     check_choice("implementation", implementation, IMPLEMENTATIONS)
     if isinstance(params, str):
         params, subset = None, params
