@@ -503,7 +503,7 @@ CONFIGS["batchbald"] = [Config("batchbald", "sampling", _check_none, lambda d, c
 CONFIGS["epig"] = [Config("epig", "sampling", _check_none, lambda d, c: {"num_samples": 4, "num_targets": 8},
                           sizes=(13,), examples=2)]
 for _name in ("maxdet", "maxdist", "kmeanspp_features", "lcmd"):
-    CONFIGS[_name] = [Config(_name, "sampling", _check_none, lambda d, c: {"sketch_dim": 8}, sizes=(13,), examples=2)]
+    CONFIGS[_name] = [Config(_name, "sampling", _check_none, lambda d, c: {"sketch_dim": 8}, sizes=(13,), examples=1)]
 for _name in ("mlmoc", "emoc", "eer", "flip_rate"):
     CONFIGS[_name] = [Config(_name, "ranked", _check_lookahead, _lookahead_head, sizes=(13,), examples=4),
                       Config(f"{_name}[defaults]", "ranked", _check_lookahead, sizes=(13,), layouts=_VEC32, examples=2)]
