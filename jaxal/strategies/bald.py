@@ -22,7 +22,7 @@ from jaxal.ops.entropy import entropy
 from jaxal.strategies.base import BatchMode, Context, batch_options, pick, register, top_k_on_mesh
 from jaxal.validation import check_positive
 
-__all__ = ["bald_from_probs", "bald_scores", "bald"]
+__all__ = ["bald_from_probs", "bald_scores", "bald", "check_parameter_samples"]
 
 
 def bald_from_probs(probs: jax.Array) -> jax.Array:
@@ -115,12 +115,20 @@ def _apply_key(model, key, x):
     return model.apply(model.params, x, key)
 
 
-def _check(options: dict, *, budget: int, model: Any = None, sequential: bool = False) -> None:
+def check_parameter_samples(options: dict, model: Any, deterministic: str | None = None) -> None:
+    """The options of a strategy that draws parameter samples as :func:`_samples` does
+    (BALD, BatchBALD, EPIG, MC variance): ``batch_size >= 1``, ``num_samples >= 2``, and
+    dropout in the model unless ``params_ensemble`` is given (``ValueError(deterministic)``,
+    default: bald's message)."""
     check_positive(options, "batch_size")
     if options.get("num_samples", 2) < 2:
         raise ValueError(f"num_samples must be at least 2, got {options['num_samples']}")
     if options.get("params_ensemble") is None and model is not None and not model.stochastic:
-        raise ValueError(_DETERMINISTIC)
+        raise ValueError(deterministic or _DETERMINISTIC)
+
+
+def _check(options: dict, *, budget: int, model: Any = None, sequential: bool = False) -> None:
+    check_parameter_samples(options, model)
     batch_options(options)
 
 

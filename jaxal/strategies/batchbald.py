@@ -25,7 +25,7 @@ import numpy as np
 from jaxal.ops.batchbald import batchbald as batchbald_select
 from jaxal.ops.batchbald import epig_scores
 from jaxal.ops.random import host_rng, split
-from jaxal.strategies.bald import _DETERMINISTIC, _samples
+from jaxal.strategies.bald import _DETERMINISTIC, _samples, check_parameter_samples
 from jaxal.strategies.base import Context, Query, register, top_k_indices
 from jaxal.validation import check_positive
 
@@ -65,11 +65,7 @@ def sampled_probs(
 
 
 def _check_common(options: dict, model: Any, name: str) -> None:
-    check_positive(options, "batch_size")
-    if options.get("num_samples", 2) < 2:
-        raise ValueError(f"num_samples must be at least 2, got {options['num_samples']}")
-    if options.get("params_ensemble") is None and model is not None and not model.stochastic:
-        raise ValueError(f"{name} draws its parameter samples like bald: {_DETERMINISTIC}")
+    check_parameter_samples(options, model, f"{name} draws its parameter samples like bald: {_DETERMINISTIC}")
 
 
 def _check_batchbald(options: dict, *, budget: int, model: Any = None, sequential: bool = False) -> None:

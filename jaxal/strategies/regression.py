@@ -59,7 +59,7 @@ from jaxal.ntk.sketch import jacobian_features, last_layer_features, ntk_sketch
 from jaxal.ops import kernel_select as ks
 from jaxal.ops.buckets import bucket
 from jaxal.ops.random import host_permutation, split
-from jaxal.strategies.bald import _samples
+from jaxal.strategies.bald import _samples, check_parameter_samples
 from jaxal.strategies.base import Context, Query, register, top_k_indices
 from jaxal.validation import check_finite, check_positive
 
@@ -112,11 +112,7 @@ def _too_big(width: int) -> str:
 
 
 def _check_mc(options: dict, *, budget: int, model: Any = None, sequential: bool = False) -> None:
-    check_positive(options, "batch_size")
-    if options.get("num_samples", 2) < 2:
-        raise ValueError(f"num_samples must be at least 2, got {options['num_samples']}")
-    if options.get("params_ensemble") is None and model is not None and not model.stochastic:
-        raise ValueError(_DETERMINISTIC)
+    check_parameter_samples(options, model, _DETERMINISTIC)
 
 
 _DETERMINISTIC = (
