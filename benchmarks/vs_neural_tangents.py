@@ -23,9 +23,10 @@ kernel has off-diagonal logit pairs near zero, where an entrywise ratio means no
 Times: the first call (trace, compile and one run) and the minimum of N further calls,
 ``compile ≈ first - min``; ``os.getloadavg()`` before and after each case.
 
-    python benchmarks/vs_neural_tangents.py              # full run (≈ 30 min on 2 CPUs)
-    python benchmarks/vs_neural_tangents.py --quick      # small sizes (≈ 1-2 min)
+    python benchmarks/vs_neural_tangents.py              # full run (≈ 1 h on 2 CPUs)
+    python benchmarks/vs_neural_tangents.py --quick      # tiny networks (≈ 6 min on 2 CPUs)
     python benchmarks/vs_neural_tangents.py --write-reference   # tests/data/nt_reference_kernels.npz
+    python benchmarks/vs_neural_tangents.py --live      # the reference test, live, under jax 0.5.3
     python benchmarks/vs_neural_tangents.py --nt-python /path/to/python   # an existing environment
 """
 
@@ -69,6 +70,7 @@ REQUIREMENTS = HERE / "nt_requirements.txt"
 REFERENCE = ROOT / "tests" / "data" / "nt_reference_kernels.npz"
 JSON_OUT = HERE / "results" / "vs_neural_tangents.json"
 MD_OUT = HERE / "results" / "vs_neural_tangents.md"
+LIVE_OUT = HERE / "results" / "vs_neural_tangents_live.json"
 
 CONTRACTIONS = ("trace", "full", "diagonal", "trace_diagonal")
 #: neural-tangents' ``NtkImplementation`` values: 1 JACOBIAN_CONTRACTION, 2 NTK_VECTOR_PRODUCTS,
@@ -86,18 +88,19 @@ RESNET18 = {"kind": "resnet", "in_shape": [16, 16, 3], "width": 8, "blocks": [2,
 
 def case(name: str, spec: dict, n1: int, n2: int, *, contractions=CONTRACTIONS, nt_impls=(1, 2, 3),
          jaxal_impls=JAXAL_IMPLS, dtypes=DTYPES, reps: int = 3, nt_reps: int | None = None, seed: int = 0,
-         jaxal_model: str = "functions", flops: bool = False, nt_batch: int = 0) -> dict:
+         jaxal_model: str = "functions", flops: bool = False, nt_batches: tuple[int, ...] = (0,)) -> dict:
     """One benchmark case: a network, its sizes and what to run on it.
 
-    ``nt_batch > 0`` runs neural-tangents through ``nt.batch`` in blocks of that size
-    (its own way to bound memory: one unbatched Jacobian of the 1M-parameter MLP over
-    350 examples would take 15 GB); its first call is then one block (compile + run)
-    and the timed calls are the whole kernel.
+    Each neural-tangents implementation runs once per entry of ``nt_batches``: ``0`` is
+    one unbatched call, ``b > 0`` goes through ``nt.batch`` in ``b``-blocks (its own way
+    to bound memory: one unbatched Jacobian of the 1M-parameter MLP over 350 examples
+    would take 15 GB); the first call of a batched run is one block (compile + run) and
+    the timed calls are the whole kernel.
     """
     return dict(name=name, spec=spec, n1=n1, n2=n2, contractions=list(contractions), nt_impls=list(nt_impls),
                 jaxal_impls=list(jaxal_impls), dtypes=list(dtypes), reps=reps,
                 nt_reps=reps if nt_reps is None else nt_reps, seed=seed, jaxal_model=jaxal_model, flops=flops,
-                nt_batch=nt_batch)
+                nt_batches=list(nt_batches))
 
 
 def reference_cases() -> list[dict]:
@@ -116,27 +119,30 @@ def quick_cases() -> list[dict]:
     cases = reference_cases()
     cases.append(dict(cases[1], name="ref_cnn_nnx", jaxal_model="nnx"))
     cases.append(case("mlp_trace_quick", {"kind": "mlp", "widths": [64, 128, 128, 10]}, 60, 20,
-                      contractions=("trace",), dtypes=("float32",), flops=True, nt_batch=20))
+                      contractions=("trace",), dtypes=("float32",), flops=True, nt_batches=(0, 20)))
     return cases
 
 
 def full_cases() -> list[dict]:
-    """The full run: agreement on mid-sized networks, then the MLP trace speed case."""
+    """The full run: the MLP trace speed case, then agreement on mid-sized networks."""
     cnn = {"kind": "cnn", "in_shape": [8, 8, 1], "channels": [16, 32], "classes": 10}
     return [
-        # jaxal's jacobian / ntvp on this MLP take minutes per run (2 C P FLOPs per pair; n2 C passes):
-        # they are timed on the smaller networks below, neural-tangents' three implementations here
+        # neural-tangents' implementations 1 and 2 need minutes here even on 50 rows (and
+        # implementation 1 cannot hold the Jacobians of all 1,700 inputs at once): all three are
+        # timed on a 50x200 block through nt.batch, the fastest (3) then on the whole kernel,
+        # unbatched and batched. jaxal's jacobian / ntvp take minutes per run on this network
+        # (2 C P FLOPs per pair; n2 C passes): they are timed on the smaller networks below.
         case("mlp_1024_sub", BIG_MLP, 50, 200, contractions=("trace",), dtypes=("float32",), seed=14, reps=1,
-             nt_batch=50, jaxal_impls=("structured", "auto")),
+             nt_batches=(50,), jaxal_impls=("structured", "auto")),
         case("mlp_1024", BIG_MLP, 1500, 200, contractions=("trace",), dtypes=("float32",), seed=14,
-             nt_impls=("best:mlp_1024_sub",), jaxal_impls=("structured", "auto"), reps=3, nt_reps=1, flops=True,
-             nt_batch=50),
+             nt_impls=("best:mlp_1024_sub",), jaxal_impls=("structured", "auto"), reps=3, nt_reps=3, flops=True,
+             nt_batches=(0, 50)),
         case("mlp", {"kind": "mlp", "widths": [64, 256, 256, 10]}, 64, 32, seed=11),
-        # float64 convolutions are slow on XLA:CPU (10+ s per kernel here): float64 agreement of
-        # conv nets is in tests/test_vs_neural_tangents.py on the small reference networks
-        case("cnn", cnn, 32, 16, seed=12, dtypes=("float32",), reps=2),
-        case("cnn_nnx", cnn, 32, 16, seed=12, jaxal_model="nnx", dtypes=("float32",)),
-        case("resnet18", RESNET18, 8, 4, seed=13, contractions=("trace",), dtypes=("float32",), reps=1),
+        case("cnn", cnn, 32, 16, seed=12, reps=2),
+        case("cnn_nnx", cnn, 32, 16, seed=12, jaxal_model="nnx", reps=2),
+        # compilation dominates here (20-50 s a program): "auto" (which is "structured" on this
+        # network) is left out and one timed call follows the first
+        case("resnet18", RESNET18, 8, 4, seed=13, jaxal_impls=("jacobian", "ntvp", "structured"), reps=1),
     ]
 
 
@@ -292,10 +298,11 @@ def nt_tasks(cases: list[dict], timings_so_far: list[dict]) -> list[dict]:
         for impl in c["nt_impls"]:
             if isinstance(impl, str):
                 impl = best_nt_impl(timings_so_far, impl.split(":", 1)[1])
-            for con in c["contractions"]:
-                for dt in c["dtypes"]:
-                    tasks.append(dict(case=c["name"], spec=c["spec"], contraction=con, impl=impl, dtype=dt,
-                                      reps=c["nt_reps"], n1=c["n1"], n2=c["n2"], batch=c["nt_batch"]))
+            for batch in c["nt_batches"]:
+                for con in c["contractions"]:
+                    for dt in c["dtypes"]:
+                        tasks.append(dict(case=c["name"], spec=c["spec"], contraction=con, impl=impl, dtype=dt,
+                                          reps=c["nt_reps"], n1=c["n1"], n2=c["n2"], batch=batch))
     return tasks
 
 
@@ -435,6 +442,29 @@ def agreement(c: dict, jk: dict, nt_k: dict, tasks: list[dict]) -> list[dict]:
     return rows
 
 
+def float32_accuracy(c: dict, jk: dict, nt_k: dict, tasks: list[dict]) -> list[dict]:
+    """Each float32 kernel, of either library, against the float64 one (jaxal ``structured``).
+
+    The float64 kernels of every implementation of both libraries agree to ~1e-15, so
+    any of them is the exact kernel at float32's scale; this says which side a float32
+    disagreement comes from.
+    """
+    rows = []
+    for con in c["contractions"]:
+        truth = jk.get((con, "structured", "float64"))
+        if truth is None:
+            continue
+        for impl in c["jaxal_impls"]:
+            if (con, impl, "float32") in jk:
+                rows.append(dict(case=c["name"], contraction=con, side="jaxal", impl=impl,
+                                 max_rel_error_vs_f64=rel_error(jk[(con, impl, "float32")], truth)))
+        for i, t in enumerate(tasks):
+            if (t["case"], t["contraction"], t["dtype"]) == (c["name"], con, "float32") and f"t{i}" in nt_k:
+                rows.append(dict(case=c["name"], contraction=con, side="neural_tangents", impl=t["impl"],
+                                 max_rel_error_vs_f64=rel_error(nt_k[f"t{i}"], truth)))
+    return rows
+
+
 def ratios(timing: list[dict]) -> dict:
     """Per case, float32 ``trace``: jaxal best / neural-tangents best min time."""
     out = {}
@@ -445,9 +475,16 @@ def ratios(timing: list[dict]) -> dict:
         n = [t for t in rows if t["side"] == "neural_tangents"]
         if j and n:
             jb, nb = min(j, key=lambda t: t["min_s"]), min(n, key=lambda t: t["min_s"])
-            out[name] = dict(jaxal_best=jb["impl"], jaxal_min_s=jb["min_s"], nt_best=nb["impl"], nt_min_s=nb["min_s"],
+            out[name] = dict(jaxal_best=jb["impl"], jaxal_min_s=jb["min_s"], nt_best=nb["impl"],
+                             nt_best_label=impl_label(nb), nt_min_s=nb["min_s"],
                              jaxal_over_nt=jb["min_s"] / nb["min_s"], n1=jb["n1"], n2=jb["n2"])
     return out
+
+
+def impl_label(t: dict) -> str:
+    """``structured_derivatives``, ``structured_derivatives (nt.batch 50)``, or a jaxal name."""
+    name = NT_IMPLS.get(t["impl"], t["impl"])
+    return f"{name} (nt.batch {t['batch']})" if t.get("batch") else name
 
 
 def sci(v: float | None) -> str:
@@ -482,21 +519,38 @@ def markdown(result: dict) -> str:
     for (cs, model, con, impl), v in cells.items():
         errs = " | ".join(f"{v[(d, i)]:.1e}" if (d, i) in v else "-" for d in DTYPES for i in NT_IMPLS)
         lines.append(f"| {cs} | {model} | {con} | {impl} | {errs} |")
+    if result.get("float32_accuracy"):
+        f = result["float32_error_vs_float64"]
+        lines += ["", "## Which side a float32 difference comes from: error against the float64 kernel", "",
+                  f"Largest float32 error against the float64 kernel: jaxal {sci(f['jaxal'])} (every implementation); "
+                  "neural-tangents " + ", ".join(f"implementation {i} {sci(f['neural_tangents'][str(i)])}"
+                                                 for i in NT_IMPLS) + ".", "",
+                  "| case | contraction | jaxal (max over impls) | NT 1 | NT 2 | NT 3 |", "|---|---|---|---|---|---|"]
+        acc: dict = {}
+        for r in result["float32_accuracy"]:
+            cell = acc.setdefault((r["case"], r["contraction"]), {})
+            key = "jaxal" if r["side"] == "jaxal" else r["impl"]
+            cell[key] = max(cell.get(key, 0.0), r["max_rel_error_vs_f64"])
+        for (cs, con), v in acc.items():
+            errs = " | ".join(f"{v[k]:.1e}" if k in v else "-" for k in ("jaxal", *NT_IMPLS))
+            lines.append(f"| {cs} | {con} | {errs} |")
     lines += ["", "## Times (seconds; min of N after a first call that compiles; compile ≈ first - min)", "",
-              "neural-tangents on the 1024-wide MLP runs through `nt.batch` in 50×50 blocks: its first call "
-              "there is one block (compile + run), its min the whole kernel (N = 1 at 1500×200).", "",
+              "`nt.batch B`: neural-tangents through `nt.batch` in B-blocks; its first call is one block "
+              "(compile + run), its min the whole kernel.", "",
               "| case | n1×n2 | contraction | dtype | side | impl | first call | min | load |",
               "|---|---|---|---|---|---|---|---|---|"]
     for t in result["timing"]:
         fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
         note = f" ({t['error'][:60]})" if t.get("error") else ""
         lines.append(f"| {t['case']} | {t['n1']}×{t['n2']} | {t['contraction']} | {t['dtype']} | {t['side']} | "
-                     f"{NT_IMPLS.get(t['impl'], t['impl'])}{note} | {fmt(t['first_s'])} | {fmt(t['min_s'])} | {t['load_before']:.1f} |")
+                     f"{impl_label(t)}{note} | {fmt(t['first_s'])} | {fmt(t['min_s'])} | {t['load_before']:.1f} |")
     lines += ["", "## jaxal best / neural-tangents best (float32 trace)", "",
-              "| case | n1×n2 | jaxal | s | neural-tangents | s | ratio |", "|---|---|---|---|---|---|---|"]
+              "| case | n1×n2 | jaxal | s | neural-tangents | s | jaxal / NT | NT / jaxal |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, r in result["ratios"].items():
         lines.append(f"| {name} | {r['n1']}×{r['n2']} | {r['jaxal_best']} | {r['jaxal_min_s']:.4g} | "
-                     f"{NT_IMPLS.get(r['nt_best'], r['nt_best'])} | {r['nt_min_s']:.4g} | {r['jaxal_over_nt']:.3g} |")
+                     f"{r['nt_best_label']} | {r['nt_min_s']:.4g} | {r['jaxal_over_nt']:.3g} | "
+                     f"{1 / r['jaxal_over_nt']:.3g} |")
     if result.get("flops"):
         fl = result["flops"]
         lines += ["", "## FLOP/s of jaxal's structured MLP trace kernel", "",
@@ -513,26 +567,27 @@ def markdown(result: dict) -> str:
 def nt_timing_rows(tasks: list[dict], nt_t: list[dict]) -> list[dict]:
     """The worker's timing rows in the report's shape."""
     return [dict(case=t["case"], side="neural_tangents", impl=t["impl"], contraction=t["contraction"],
-                 dtype=t["dtype"], n1=t["n1"], n2=t["n2"], first_s=t["first_s"], min_s=t["min_s"],
+                 dtype=t["dtype"], n1=t["n1"], n2=t["n2"], batch=t["batch"], first_s=t["first_s"], min_s=t["min_s"],
                  load_before=t["load_before"], load_after=t["load_after"], error=t["error"]) for t in nt_t]
 
 
 def run_benchmark(cases: list[dict], nt_python: str, timeout: float, path: str | None = None) -> dict:
     """Every case on both sides; the ``vs_neural_tangents.json`` dictionary (rewritten after each case)."""
     load_start = os.getloadavg()
-    timing, agree, nt_versions, flops = [], [], {}, None
+    timing, agree, acc, nt_versions, flops = [], [], [], {}, None
     for c in cases:
         if path and timing:
-            write_result(summarize(timing, agree, flops, cases, nt_versions, load_start), path)
+            write_result(summarize(timing, agree, acc, flops, cases, nt_versions, load_start), path)
         tasks = nt_tasks([c], timing)
         nt_k, nt_t, nt_versions = run_worker(nt_python, [c], tasks, timeout)
         timing += nt_timing_rows(tasks, nt_t)
         jk, jrows = run_jaxal(c)
         timing += jrows
         agree += agreement(c, jk, nt_k, tasks)
+        acc += float32_accuracy(c, jk, nt_k, tasks)
         if c["flops"]:
             flops = flops_report(c, jrows)
-    result = summarize(timing, agree, flops, cases, nt_versions, load_start)
+    result = summarize(timing, agree, acc, flops, cases, nt_versions, load_start)
     if path:
         write_result(result, path)
     return result
@@ -545,7 +600,8 @@ def write_result(result: dict, path: str) -> None:
     print(f"wrote {path} and {pathlib.Path(path).with_suffix('.md')}", flush=True)
 
 
-def summarize(timing: list, agree: list, flops: dict | None, cases: list, nt_versions: dict, load_start) -> dict:
+def summarize(timing: list, agree: list, acc: list, flops: dict | None, cases: list, nt_versions: dict,
+              load_start) -> dict:
     """The report dictionary from the rows so far."""
     rat = ratios(timing)
     mlp_case = flops["case"] if flops else next((c["name"] for c in reversed(cases) if c["flops"]), None)
@@ -553,9 +609,14 @@ def summarize(timing: list, agree: list, flops: dict | None, cases: list, nt_ver
     err = lambda d: max([r["max_rel_error"] for r in agree if r["dtype"] == d], default=None)  # noqa: E731
     by_impl = {d: {str(i): max([r["max_rel_error"] for r in agree if r["dtype"] == d and r["nt_impl"] == i],
                                default=None) for i in NT_IMPLS} for d in DTYPES}
+    vs_f64 = lambda side, impl=None: max([r["max_rel_error_vs_f64"] for r in acc if r["side"] == side  # noqa: E731
+                                          and impl in (None, r["impl"])], default=None)
     return dict(
         max_rel_error_f32=err("float32"), max_rel_error_f64=err("float64"), mlp_trace_speedup_vs_nt_best=speed,
         max_rel_error_by_nt_impl=by_impl,
+        float32_error_vs_float64=dict(jaxal=vs_f64("jaxal"),
+                                      neural_tangents={str(i): vs_f64("neural_tangents", i) for i in NT_IMPLS}),
+        float32_accuracy=acc,
         mlp_trace_case=mlp_case, error_definition="max|K_jaxal - K_nt| / max|K_nt| per cell (trace kernels of "
         "neural-tangents multiplied by C: its trace_axes is the mean over logits)",
         machine=dict(platform=platform.platform(), cpus=os.cpu_count(), load_average_start=load_start,
@@ -611,10 +672,37 @@ def write_reference(nt_python: str, timeout: float, path: pathlib.Path = REFEREN
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB); NT implementations agree to {spread:.1e}")
 
 
+def run_live(nt_python: str, timeout: float, path: pathlib.Path = LIVE_OUT) -> bool:
+    """``tests/test_vs_neural_tangents.py`` under pytest in the neural-tangents environment.
+
+    jaxal's NTK code runs on jax 0.5.3, so there the test's live cases run too: every
+    jaxal implementation against ``implementation="neural_tangents"`` (neural-tangents
+    called now) on every reference network, contraction and dtype. Writes the outcome.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    cmd = [nt_python, "-m", "pytest", "-q", "-rs", "-o", "addopts=", "-p", "no:cacheprovider",
+           str(ROOT / "tests" / "test_vs_neural_tangents.py")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout.strip().splitlines()
+    print("\n".join(out[-15:]), flush=True)
+    versions = subprocess.run([nt_python, "-c", "import importlib.metadata as m, json; print(json.dumps("
+                               "{n: m.version(n) for n in ('jax', 'jaxlib', 'neural-tangents', 'flax', 'pytest')}))"],
+                              capture_output=True, text=True, env=env, check=True).stdout
+    result = dict(command="python benchmarks/vs_neural_tangents.py --live", passed=proc.returncode == 0,
+                  returncode=proc.returncode, summary=out[-1] if out else "", skipped=[l for l in out if "SKIP" in l],
+                  versions=json.loads(versions), load_average=os.getloadavg())
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}", flush=True)
+    return result["passed"]
+
+
 def main(argv=None) -> dict | None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
     ap.add_argument("--write-reference", action="store_true", help=f"write {REFERENCE.relative_to(ROOT)}")
+    ap.add_argument("--live", action="store_true", help="run tests/test_vs_neural_tangents.py in the "
+                    "neural-tangents environment, where its live comparisons run (writes "
+                    f"{LIVE_OUT.relative_to(ROOT)})")
     ap.add_argument("--nt-python", default=None, help="python of an environment with neural-tangents 0.6.5")
     ap.add_argument("--json", default=None, help=f"output JSON (default {JSON_OUT.relative_to(ROOT)}; "
                     "--quick writes none unless given)")
@@ -629,6 +717,8 @@ def main(argv=None) -> dict | None:
     if args.write_reference:
         write_reference(nt_python, args.timeout)
         return None
+    if args.live:
+        sys.exit(0 if run_live(nt_python, args.timeout) else 1)
     cases = quick_cases() if args.quick else full_cases()
     if args.only:
         cases = [c for c in cases if c["name"] in args.only.split(",")]

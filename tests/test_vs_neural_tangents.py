@@ -90,9 +90,18 @@ def expected(ref: dict) -> dict[str, np.ndarray]:
     return dict(ref, single_logit=full[:, :, 0, 0], sum_logits=full.sum((2, 3)) / full.shape[-1])
 
 
+def enable_x64(on: bool):
+    """``jax.enable_x64``; jax 0.5.3 (the neural-tangents environment) has it under ``jax.experimental``."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(on)
+    from jax.experimental import enable_x64 as legacy
+
+    return legacy(on)
+
+
 def errors(name: str, dtype: str, checks: dict) -> dict:
     """``{(impl, contraction): relative error}`` for ``checks = {impl: contractions}``."""
-    with jax.enable_x64(dtype == "float64"):
+    with enable_x64(dtype == "float64"):
         model, x1, x2, ref = make_model(name, dtype)
         exp = expected(ref)
         out = {}
@@ -162,9 +171,29 @@ def test_neural_tangents_backend_names_the_versions_it_needs():
 
 
 def test_neural_tangents_backend_matches_the_reference_where_it_imports():
-    """Runs only in an environment where neural-tangents imports (jax 0.5.3: see nt_requirements.txt)."""
+    """Runs only where neural-tangents imports (jax 0.5.3: ``vs_neural_tangents.py --live``)."""
     if not neural_tangents_backend.available():
         pytest.skip("neural-tangents does not import here")
-    errs = errors("ref_cnn", "float32", {"neural_tangents": ALL})
-    bad = {k: v for k, v in errs.items() if not v < TOL["float32"]}
+    for name in CASES:
+        for dtype in TOL:
+            errs = errors(name, dtype, {"neural_tangents": ALL})
+            bad = {k: v for k, v in errs.items() if not v < TOL[dtype]}
+            assert not bad, (name, dtype, bad)
+
+
+@pytest.mark.parametrize("impl", ["jacobian", "ntvp", "structured"])
+def test_every_implementation_matches_live_neural_tangents_where_it_imports(impl):
+    """The whole product (network x contraction x dtype) against neural-tangents called now, not the file."""
+    if not neural_tangents_backend.available():
+        pytest.skip("neural-tangents does not import here")
+    bad = {}
+    for name in CASES:
+        for dtype in TOL:
+            with enable_x64(dtype == "float64"):
+                model, x1, x2, _ = make_model(name, dtype)
+                for con in ALL:
+                    live = jaxal_kernel(model, x1, x2, "neural_tangents", con)
+                    err = rel_error(jaxal_kernel(model, x1, x2, impl, con), live)
+                    if not err < TOL[dtype]:
+                        bad[(name, dtype, con)] = err
     assert not bad, bad
