@@ -138,11 +138,14 @@ def full_cases() -> list[dict]:
              nt_impls=("best:mlp_1024_sub",), jaxal_impls=("structured", "auto"), reps=3, nt_reps=3, flops=True,
              nt_batches=(0, 50)),
         case("mlp", {"kind": "mlp", "widths": [64, 256, 256, 10]}, 64, 32, seed=11),
-        case("cnn", cnn, 32, 16, seed=12, reps=2),
-        case("cnn_nnx", cnn, 32, 16, seed=12, jaxal_model="nnx", reps=2),
-        # compilation dominates here (20-50 s a program): "auto" (which is "structured" on this
-        # network) is left out and one timed call follows the first
-        case("resnet18", RESNET18, 8, 4, seed=13, jaxal_impls=("jacobian", "ntvp", "structured"), reps=1),
+        case("cnn", cnn, 32, 16, seed=12, reps=5),
+        case("cnn_nnx", cnn, 32, 16, seed=12, jaxal_model="nnx", reps=5),
+        # compilation dominates here (10-15 s a program): "auto" (which is "structured" on this
+        # network) is left out
+        case("resnet18", RESNET18, 8, 4, seed=13, jaxal_impls=("jacobian", "ntvp", "structured"), reps=3),
+        # the same ResNet on a kernel 32x larger, trace only: speed where the run time is not ~0.1 s
+        case("resnet18_64x16", RESNET18, 64, 16, seed=13, contractions=("trace",), dtypes=("float32",),
+             jaxal_impls=("structured",), nt_impls=(3,), reps=3),
     ]
 
 
