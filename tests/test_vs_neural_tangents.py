@@ -99,14 +99,18 @@ def enable_x64(on: bool):
     return legacy(on)
 
 
-def errors(name: str, dtype: str, checks: dict) -> dict:
-    """``{(impl, contraction): relative error}`` for ``checks = {impl: contractions}``."""
+def errors(name: str, dtype: str, checks: dict, against: str | None = None) -> dict:
+    """``{(impl, contraction): relative error}`` for ``checks = {impl: contractions}``,
+    against the committed reference kernels, or the kernels of implementation ``against``
+    computed now."""
     with enable_x64(dtype == "float64"):
         model, x1, x2, ref = make_model(name, dtype)
         exp = expected(ref)
         out = {}
         for impl, contractions in checks.items():
             for con in contractions:
+                if against is not None:
+                    exp[con] = jaxal_kernel(model, x1, x2, against, con)
                 k = jaxal_kernel(model, x1, x2, impl, con)
                 assert k.shape == exp[con].shape and k.dtype == np.dtype(dtype), (impl, con, k.shape, k.dtype)
                 out[(impl, con)] = rel_error(k, exp[con])
@@ -186,14 +190,8 @@ def test_every_implementation_matches_live_neural_tangents_where_it_imports(impl
     """The whole product (network x contraction x dtype) against neural-tangents called now, not the file."""
     if not neural_tangents_backend.available():
         pytest.skip("neural-tangents does not import here")
-    bad = {}
     for name in CASES:
         for dtype in TOL:
-            with enable_x64(dtype == "float64"):
-                model, x1, x2, _ = make_model(name, dtype)
-                for con in ALL:
-                    live = jaxal_kernel(model, x1, x2, "neural_tangents", con)
-                    err = rel_error(jaxal_kernel(model, x1, x2, impl, con), live)
-                    if not err < TOL[dtype]:
-                        bad[(name, dtype, con)] = err
-    assert not bad, bad
+            errs = errors(name, dtype, {impl: ALL}, against="neural_tangents")
+            bad = {k: v for k, v in errs.items() if not v < TOL[dtype]}
+            assert not bad, (name, dtype, bad)
